@@ -5,6 +5,7 @@ SQL reporting code it never uses."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import click
