@@ -1,0 +1,427 @@
+"""The custom CEL functions for tool-call policy, as plain Python.
+
+Each engine adapter exposes every entry of `FUNCTIONS` both as a global function
+(`cleanPath(args.path)`) and as a method on its first argument (`args.path.cleanPath()`).
+A function that cannot make sense of its input raises `ValueError`; the engine turns that
+into an evaluation error, so a deny/ask rule that uses it fails closed (counts as matched)
+and an allow rule does not match.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+import shlex
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import getaddresses
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["FUNCTIONS", "Signature"]
+
+
+# --- paths -------------------------------------------------------------------------------
+
+
+def clean_path(path: str) -> str:
+    """Lexically normalise a path like Go's `path.Clean`; a backslash counts as a separator."""
+    path = path.replace("\\", "/")
+    if path == "":
+        return "."
+    rooted = path.startswith("/")
+    out: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if out and out[-1] != "..":
+                out.pop()
+            elif not rooted:
+                out.append("..")
+            # ".." at the root stays at the root
+            continue
+        out.append(part)
+    joined = "/".join(out)
+    if rooted:
+        return "/" + joined
+    return joined or "."
+
+
+def path_within(path: str, root: str) -> bool:
+    """True when the cleaned absolute `path` is `root` or below it (relative paths never are)."""
+    cleaned, base = clean_path(path), clean_path(root)
+    if not cleaned.startswith("/") or not base.startswith("/"):
+        return False
+    if base == "/":
+        return True
+    return cleaned == base or cleaned.startswith(base + "/")
+
+
+def path_base(path: str) -> str:
+    """The last element of the cleaned path (`/a/b.txt` → `b.txt`)."""
+    cleaned = clean_path(path)
+    if cleaned == "/":
+        return "/"
+    return cleaned.rsplit("/", 1)[-1]
+
+
+# --- globs -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a glob: `*` any run without `/`, `**` anything, `?` one char but `/`, `[a-z]`."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            if pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "^") else i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                negate = body[:1] in ("!", "^")
+                if negate:
+                    body = body[1:]
+                body = body.replace("\\", "\\\\").replace("[", "\\[")
+                out.append(f"[{'^' if negate else ''}{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def glob_match(text: str, pattern: str) -> bool:
+    """True when the whole of `text` matches the glob `pattern` (case-sensitive)."""
+    return glob_regex(pattern).fullmatch(text) is not None
+
+
+def is_glob(pattern: str) -> bool:
+    """True when `pattern` has glob syntax (otherwise it matches only itself)."""
+    return any(c in pattern for c in "*?[\\")
+
+
+# --- URLs and hosts ----------------------------------------------------------------------
+
+_C0_OR_SPACE = "".join(chr(i) for i in range(0x21))
+_SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp", "file"})
+
+
+def _split_url(url: str) -> Any:
+    # Parse like a browser/fetch client (WHATWG), so the firewall and the fetcher agree on
+    # the host: strip C0 controls and spaces, drop tabs/newlines, and for special schemes
+    # treat "\" as "/" (https://evil.com\@good.com is evil.com to a browser).
+    url = url.strip(_C0_OR_SPACE).replace("\t", "").replace("\n", "").replace("\r", "")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in _SPECIAL_SCHEMES:
+        url = url.replace("\\", "/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    return parts
+
+
+def _clean_host(host: str) -> str:
+    host = unicodedata.normalize("NFKC", unquote(host)).lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if any(c in host for c in " \t\r\n/\\@#?%") or any(ord(c) < 0x20 for c in host):
+        raise ValueError(f"not a valid host: {host!r}")
+    return host
+
+
+def url_host(url: str) -> str:
+    """The URL's host, lower-cased, without port, brackets, userinfo or a trailing dot."""
+    parts = _split_url(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if netloc.startswith("["):
+        host = netloc[: netloc.find("]") + 1] if "]" in netloc else netloc
+    else:
+        host = netloc.split(":", 1)[0]
+    if not host:
+        raise ValueError(f"URL has no host: {url!r}")
+    return _clean_host(host)
+
+
+def url_scheme(url: str) -> str:
+    """The URL's scheme, lower-cased (`""` when it has none)."""
+    return str(_split_url(url).scheme).lower()
+
+
+def url_port(url: str) -> int:
+    """The URL's port, or the scheme's default (80, 443; -1 when unknown)."""
+    parts = _split_url(url)
+    if parts.port is not None:
+        return int(parts.port)
+    return {"http": 80, "ws": 80, "https": 443, "wss": 443, "ftp": 21}.get(parts.scheme.lower(), -1)
+
+
+def url_decode(text: str) -> str:
+    """Percent-decode repeatedly (double encoding included) until nothing changes."""
+    for _ in range(8):
+        decoded = unquote(text)
+        if decoded == text:
+            return decoded
+        text = decoded
+    raise ValueError("too many levels of percent-encoding")
+
+
+_METADATA_NAMES = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.azure.internal",
+    }
+)
+_METADATA_IPS = frozenset(
+    {
+        ipaddress.ip_address(a)
+        for a in (
+            "169.254.169.254",
+            "169.254.170.2",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "192.0.0.192",
+        )
+    }
+)
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    # inet_aton forms a resolver accepts: 127.1, 2130706433, 0x7f.0.0.1, 0177.0.0.1
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    nums: list[int] = []
+    for p in parts:
+        try:
+            if p.lower().startswith("0x"):
+                nums.append(int(p[2:] or "0", 16))
+            elif len(p) > 1 and p.startswith("0"):
+                nums.append(int(p, 8))
+            else:
+                if not p.isdigit():
+                    return None
+                nums.append(int(p, 10))
+        except ValueError:
+            return None
+    *head, last = nums
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(nums)):
+        return None
+    value = 0
+    for n in head:
+        value = value << 8 | n
+    value = value << (8 * (5 - len(nums))) | last
+    return ipaddress.IPv4Address(value)
+
+
+def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `host` denotes (legacy IPv4 forms included), or None for a name."""
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+    return _legacy_ipv4(host)
+
+
+def host_kind(host: str) -> str:
+    """Classify a host: loopback, private, link-local, metadata, unspecified, multicast,
+    reserved, public (IP addresses) or name (a DNS name that is none of the above)."""
+    name = _clean_host(host) if host else ""
+    if not name:
+        raise ValueError("empty host")
+    if name in _METADATA_NAMES:
+        return "metadata"
+    if name == "localhost" or name.endswith(".localhost"):
+        return "loopback"
+    ip = parse_ip(name)
+    if ip is None:
+        return "name"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return host_kind(str(embedded))
+    if ip in _METADATA_IPS:
+        return "metadata"
+    if ip.is_unspecified or (isinstance(ip, ipaddress.IPv4Address) and ip.packed[0] == 0):
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_private or ip in _CGNAT:
+        return "private"
+    if not ip.is_global:
+        return "reserved"
+    return "public"
+
+
+def is_ip(host: str) -> bool:
+    """True when `host` is an IP address literal (legacy IPv4 forms included)."""
+    return parse_ip(host) is not None
+
+
+# --- email -------------------------------------------------------------------------------
+
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def email_address(text: str) -> str:
+    """The one address in `text` (`Name <a@b.c>` or `a@b.c`), domain lower-cased.
+    Several addresses, or anything not a plain address, is an error."""
+    text = unicodedata.normalize("NFKC", text).strip()
+    pairs = getaddresses([text])
+    if len(pairs) != 1:
+        raise ValueError(f"expected one email address, got {len(pairs)}: {text!r}")
+    addr = pairs[0][1].strip()
+    if addr.count("@") != 1 or not _ADDRESS.fullmatch(addr):
+        raise ValueError(f"not a plain email address: {text!r}")
+    local, domain = addr.split("@")
+    return f"{local}@{domain.lower().rstrip('.')}"
+
+
+def email_domain(text: str) -> str:
+    """The lower-cased domain of the one address in `text` (see `emailAddress`)."""
+    return email_address(text).rsplit("@", 1)[1]
+
+
+# --- shell -------------------------------------------------------------------------------
+
+SHELL_META = frozenset(";&|`$<>(){}[]*?~!#'\"\\\n\r\x00")
+
+
+def has_shell_meta(text: str) -> bool:
+    """True when `text` has a character a POSIX shell treats specially."""
+    return any(c in SHELL_META for c in text)
+
+
+def shell_split(text: str) -> list[str]:
+    """Split a command line into words like a POSIX shell would (quotes, escapes)."""
+    try:
+        return shlex.split(text, comments=False, posix=True)
+    except ValueError as exc:
+        raise ValueError(f"cannot split command line: {exc}") from None
+
+
+# --- portable string helpers (cel-expr-python has these natively via its strings extension)
+
+
+def lower_ascii(text: str) -> str:
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
+
+
+def upper_ascii(text: str) -> str:
+    return "".join(chr(ord(c) - 32) if "a" <= c <= "z" else c for c in text)
+
+
+# --- registry ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """One custom function: its CEL name, parameter and result types, implementation."""
+
+    name: str
+    params: tuple[str, ...]  # "string" | "list" | "int" | "bool"
+    result: str
+    impl: Callable[..., Any]
+    doc: str
+
+
+FUNCTIONS: tuple[Signature, ...] = (
+    Signature(
+        "cleanPath", ("string",), "string", clean_path, "cleanPath('/w/a/../../etc') == '/etc'"
+    ),
+    Signature(
+        "pathWithin",
+        ("string", "string"),
+        "bool",
+        path_within,
+        "pathWithin('/w/a/../b', '/w') == true",
+    ),
+    Signature("pathBase", ("string",), "string", path_base, "pathBase('/a/b.txt') == 'b.txt'"),
+    Signature(
+        "globMatch",
+        ("string", "string"),
+        "bool",
+        glob_match,
+        "globMatch('src/a/b.py', 'src/**.py') == true",
+    ),
+    Signature(
+        "urlHost",
+        ("string",),
+        "string",
+        url_host,
+        "urlHost('https://u@Docs.Example.COM.:8443/x') == 'docs.example.com'",
+    ),
+    Signature("urlScheme", ("string",), "string", url_scheme, "urlScheme('HTTPS://x') == 'https'"),
+    Signature("urlPort", ("string",), "int", url_port, "urlPort('https://x') == 443"),
+    Signature("urlDecode", ("string",), "string", url_decode, "urlDecode('%252e%252e') == '..'"),
+    Signature("hostKind", ("string",), "string", host_kind, "hostKind('127.1') == 'loopback'"),
+    Signature("isIP", ("string",), "bool", is_ip, "isIP('::1') == true"),
+    Signature(
+        "emailAddress",
+        ("string",),
+        "string",
+        email_address,
+        "emailAddress('Bob <bob@Corp.com>') == 'bob@corp.com'",
+    ),
+    Signature(
+        "emailDomain",
+        ("string",),
+        "string",
+        email_domain,
+        "emailDomain('bob@Corp.com') == 'corp.com'",
+    ),
+    Signature(
+        "hasShellMeta", ("string",), "bool", has_shell_meta, "hasShellMeta('ls; rm') == true"
+    ),
+    Signature(
+        "shellSplit",
+        ("string",),
+        "list",
+        shell_split,
+        "shellSplit('git log \"a b\"') == ['git', 'log', 'a b']",
+    ),
+)
+
+# Functions cel-expr-python gets from its strings extension; cel-python gets these shims.
+STRING_SHIMS: dict[str, Callable[..., Any]] = {
+    "lowerAscii": lower_ascii,
+    "upperAscii": upper_ascii,
+    "trim": lambda s: s.strip(" \t\n\r\f\v"),
+    "replace": lambda s, old, new: s.replace(old, new),
+    "split": lambda s, sep: s.split(sep),
+    "join": lambda items, sep="": sep.join(items),
+}
