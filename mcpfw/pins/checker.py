@@ -1,0 +1,247 @@
+"""The runtime side of pinning: one `PinChecker` per upstream server connection.
+
+The relay hands it every `tools/list` result (and tells it about `tools/list_changed`); it
+scans the tools, compares them with the pins, records new pins and drift, and returns the
+result to pass on to the client (descriptions sanitised; under `pins: block`, drifted tools
+removed so their new text never reaches the model). The guard asks it about every
+`tools/call`: a verdict that either denies (block mode) or carries the finding codes the
+rules see as `tool.findings`.
+
+Fails closed: under `block`, a pin store that cannot be read or written, or a tool whose
+definition was never verified, means the call is denied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from mcpfw.pins.drift import PinMode, PinStatus
+from mcpfw.pins.sanitize import sanitize_tools
+from mcpfw.pins.scanner import Finding, finding_codes, scan_tools
+from mcpfw.pins.store import PinStore, PinStoreError
+
+__all__ = ["PinChecker", "PinOptions", "PinVerdict"]
+
+log = logging.getLogger("mcpfw.pins")
+
+# Extra codes in `tool.findings` beside the scanner's, describing the pin itself.
+_STATUS_CODES = {
+    PinStatus.DRIFTED: "pin-drift",
+    PinStatus.UNAPPROVED: "pin-unapproved",
+    PinStatus.DUPLICATE: "pin-duplicate",
+}
+UNVERIFIED = "pin-unverified"
+
+_REASONS = {
+    PinStatus.DRIFTED: "its definition changed since it was approved (possible rug pull)",
+    PinStatus.UNAPPROVED: "its definition has not been approved",
+    PinStatus.DUPLICATE: "the server lists it twice with different definitions",
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PinOptions:
+    """How pinning behaves (from `pins:` and `sanitize_descriptions:` in mcpfw.yaml)."""
+
+    mode: PinMode = PinMode.WARN
+    sanitize: bool = True  # strip ANSI/control/invisible characters from descriptions
+    trust_on_first_use: bool = True  # pin unseen tools; False: they need `mcpfw pins approve`
+    refresh_timeout_s: float = 10.0  # bound on re-listing the upstream's tools ourselves
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PinVerdict:
+    """What pinning says about one `tools/call`."""
+
+    allowed: bool
+    findings: tuple[str, ...] = ()  # for ToolCall.findings (scanner codes + pin-* codes)
+    reason: str = ""  # why it is denied (or flagged), for the Decision and the denial text
+    status: str = ""  # PinStatus value, or "unverified"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _ToolState:
+    status: PinStatus | None  # None: could not be compared with its pin (store failed)
+    codes: tuple[str, ...]
+    findings: tuple[Finding, ...]
+
+
+class PinChecker:
+    """Pins and scans the tools of one upstream server; judges calls to them."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        store: PinStore | None,
+        options: PinOptions | None = None,
+        refresh: Callable[[], Awaitable[Sequence[Mapping[str, Any]]]] | None = None,
+        foreign_tools: Collection[str] = (),
+    ) -> None:
+        self.server = server
+        self.store = store
+        self.options = options or PinOptions()
+        self.refresh = refresh  # lists the upstream's tools (all pages) without the client
+        self.foreign_tools = foreign_tools  # tool names of other servers (shadowing checks)
+        self._tools: dict[str, _ToolState] = {}
+        self._stale = False
+        self._lock = anyio.Lock()
+
+    @property
+    def pinning(self) -> bool:
+        """Whether definitions are compared with pins at all."""
+        return self.options.mode is not PinMode.OFF and self.store is not None
+
+    def findings(self, tool: str) -> tuple[Finding, ...]:
+        """The scanner's findings on a tool's latest listed definition."""
+        state = self._tools.get(tool)
+        return state.findings if state else ()
+
+    async def on_tools_list(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """Check one `tools/list` result; return the result to pass on to the client."""
+        out = dict(result)
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            return out
+        listed = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
+        found = scan_tools(listed, foreign_tools=self.foreign_tools)
+        statuses: dict[str, PinStatus | None] = {}
+        async with self._lock:
+            if self.pinning:
+                assert self.store is not None
+                try:
+                    checks = await self.store.observe(
+                        self.server,
+                        listed,
+                        findings=found,
+                        trust_on_first_use=self.options.trust_on_first_use,
+                    )
+                    statuses = {c.tool: c.status for c in checks}
+                except PinStoreError as exc:
+                    log.error("pins: server %r: %s (tools unverified)", self.server, exc)
+                    statuses = {str(t["name"]): None for t in listed}
+            else:
+                statuses = {str(t["name"]): PinStatus.PINNED for t in listed}
+            for name, status in statuses.items():
+                codes = set(finding_codes(found.get(name, ())))
+                if status is None:
+                    codes.add(UNVERIFIED)
+                elif status in _STATUS_CODES:
+                    codes.add(_STATUS_CODES[status])
+                self._tools[name] = _ToolState(
+                    status=status, codes=tuple(sorted(codes)), findings=found.get(name, ())
+                )
+            self._stale = False
+        self._log(statuses, found)
+        passed: list[Any] = tools
+        if self.options.mode is PinMode.BLOCK and self.pinning:
+            passed = [
+                t
+                for t in tools
+                if not isinstance(t, Mapping) or not self._blocked(statuses.get(str(t.get("name"))))
+            ]
+        if self.options.sanitize:
+            passed, _ = sanitize_tools(passed)
+        out["tools"] = passed
+        return out
+
+    def on_list_changed(self) -> None:
+        """The upstream said its tools changed: what we verified may be stale."""
+        self._stale = True
+
+    async def check_call(self, tool: str) -> PinVerdict:
+        """The pin verdict on a call to `tool` (never raises)."""
+        state = self._tools.get(tool)
+        if (state is None or self._stale) and self.refresh is not None and self.pinning:
+            await self._refresh()
+            state = self._tools.get(tool)
+        if not self.pinning:
+            return PinVerdict(allowed=True, findings=state.codes if state else ())
+        if state is None:
+            return await self._verdict_from_store(tool)
+        block = self.options.mode is PinMode.BLOCK
+        if state.status is None:
+            return PinVerdict(
+                allowed=not block,
+                findings=state.codes,
+                reason="its definition could not be checked against the pin store",
+                status="unverified",
+            )
+        if self._blocked(state.status):
+            return PinVerdict(
+                allowed=not block,
+                findings=state.codes,
+                reason=self._reason(tool, state.status),
+                status=str(state.status),
+            )
+        return PinVerdict(allowed=True, findings=state.codes, status=str(state.status))
+
+    async def _refresh(self) -> None:
+        assert self.refresh is not None
+        try:
+            with anyio.fail_after(self.options.refresh_timeout_s):
+                tools = await self.refresh()
+        except (TimeoutError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            log.error("pins: server %r: cannot re-list tools: %s", self.server, exc or "timeout")
+            return
+        await self.on_tools_list({"tools": list(tools)})
+
+    async def _verdict_from_store(self, tool: str) -> PinVerdict:
+        """A call to a tool not listed in this session: judge by what the store knows."""
+        block = self.options.mode is PinMode.BLOCK
+        assert self.store is not None
+        try:
+            pin = await self.store.pin(self.server, tool)
+        except PinStoreError as exc:
+            log.error("pins: server %r: %s", self.server, exc)
+            pin = None
+        if pin is None or pin.status is not PinStatus.PINNED:
+            status = pin.status if pin is not None else None
+            reason = (
+                self._reason(tool, status)
+                if status is not None
+                else "its definition has not been seen in a tools/list result yet"
+            )
+            codes: tuple[str, ...] = (
+                (_STATUS_CODES[status],) if status in _STATUS_CODES else (UNVERIFIED,)
+            )
+            return PinVerdict(
+                allowed=not block, findings=codes, reason=reason, status=str(status or "unverified")
+            )
+        stored = tuple(sorted({str(f.get("code")) for f in pin.findings if f.get("code")}))
+        return PinVerdict(allowed=True, findings=stored, status=str(pin.status))
+
+    def _blocked(self, status: PinStatus | None) -> bool:
+        return status is None or status in _STATUS_CODES
+
+    def _reason(self, tool: str, status: PinStatus) -> str:
+        what = _REASONS.get(status, str(status))
+        return (
+            f"tool {tool!r} of server {self.server!r}: {what}; review it with "
+            f"`mcpfw pins diff {self.server} {tool}` and accept it with "
+            f"`mcpfw pins approve {self.server} {tool}`"
+        )
+
+    def _log(
+        self, statuses: Mapping[str, PinStatus | None], found: Mapping[str, Sequence[Finding]]
+    ) -> None:
+        for name, status in sorted(statuses.items(), key=lambda kv: kv[0]):
+            if status in _STATUS_CODES:
+                assert status is not None
+                log.warning("pins: %s", self._reason(name, status))
+        for name, findings in sorted(found.items()):
+            for f in findings:
+                log.warning(
+                    "pins: server %r tool %r: %s finding %s at %s: %s",
+                    self.server,
+                    name,
+                    f.severity,
+                    f.code,
+                    f.where or "/",
+                    f.excerpt,
+                )
