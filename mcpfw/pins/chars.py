@@ -15,7 +15,9 @@ __all__ = [
     "printable",
 ]
 
-ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_]?)|\x9b")
+ANSI = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_]?)|\x9b[0-?]*[ -/]*[@-~]?"
+)
 BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _INVISIBLE = frozenset(
     "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063"
@@ -32,8 +34,10 @@ def is_tag(ch: str) -> bool:
 
 def is_invisible(ch: str, prev: str) -> bool:
     """Zero-width and filler characters; emoji joiners right after a pictograph are fine."""
-    if ch in _EMOJI_JOINERS and prev and is_pictograph(prev):
+    if ch in _EMOJI_JOINERS and prev and (is_pictograph(prev) or prev == "\ufe0f"):
         return False
+    if ch in "\ufe0e\ufe0f" and prev and prev in "0123456789#*":
+        return False  # keycap sequences
     code = ord(ch)
     return ch in _INVISIBLE or 0xE0100 <= code <= 0xE01EF
 

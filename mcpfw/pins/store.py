@@ -44,10 +44,13 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     }
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)  # SQLite returns naive datetimes; we store UTC
-    return value
+def _ts(value: datetime) -> str:
+    """Fixed-width UTC ISO 8601 text, like the audit log's times."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _aware(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def _json(text: str | None) -> Any:
@@ -80,7 +83,11 @@ class PinStore:
     async def create_tables(self) -> None:
         """Create the pin tables if missing (the audit migrations do this for real stores)."""
         async with self.engine.begin() as conn:
-            await conn.run_sync(tool_pins.metadata.create_all, tables=[tool_pins, pin_events])
+            await conn.run_sync(
+                lambda sync: tool_pins.metadata.create_all(
+                    sync, tables=[tool_pins, pin_events], checkfirst=True
+                )
+            )
 
     # ------------------------------------------------------------------ reading
 
@@ -167,7 +174,7 @@ class PinStore:
         rows = (await conn.execute(select(tool_pins).where(tool_pins.c.server == server))).all()
         pins = {row.tool: _pin(row) for row in rows}
         checks = compare(pins, tools, trust_on_first_use=trust_on_first_use)
-        now = utcnow()
+        now = _ts(utcnow())
         for check in checks:
             found = json.dumps([finding_dict(f) for f in findings.get(check.tool, ())])
             text = canonical_text(check.definition)
@@ -218,7 +225,7 @@ class PinStore:
     ) -> None:
         await conn.execute(
             insert(pin_events).values(
-                time=utcnow(),
+                time=_ts(utcnow()),
                 server=server,
                 tool=tool,
                 kind=kind,
@@ -251,7 +258,7 @@ class PinStore:
                         continue
                     if digest_prefix and not pin.seen_digest.startswith(digest_prefix):
                         continue
-                    now = utcnow()
+                    now = _ts(utcnow())
                     await conn.execute(
                         update(tool_pins)
                         .where(tool_pins.c.server == server, tool_pins.c.tool == pin.tool)
@@ -283,7 +290,7 @@ class PinStore:
                         raise PinStoreError("every tool definition needs a string `name`")
                     digest = definition_digest(tool)
                     text = canonical_text(canonical_definition(tool))
-                    now = utcnow()
+                    now = _ts(utcnow())
                     row = (
                         await conn.execute(
                             select(tool_pins).where(

@@ -1,12 +1,16 @@
-"""The pin tables. They live in the audit database and are created by an audit migration."""
+"""The pin tables, declared on the audit schema's `metadata` and created by audit migration 2.
+
+Times are fixed-width UTC ISO 8601 text, like the audit log's, so they sort and compare the
+same on SQLite and PostgreSQL. Definitions and findings are canonical JSON text.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, Integer, String, Table, Text
+
+from mcpfw.audit.schema import metadata
 
 __all__ = ["pin_events", "tool_pins"]
-
-metadata = MetaData()
 
 tool_pins = Table(
     "tool_pins",
@@ -16,11 +20,11 @@ tool_pins = Table(
     Column("digest", String(64), nullable=False, default=""),  # approved; "" = none yet
     Column("definition", Text, nullable=True),  # approved canonical definition (JSON)
     Column("approved_by", String(255), nullable=False, default=""),
-    Column("approved_at", DateTime(timezone=True), nullable=True),
-    Column("first_seen", DateTime(timezone=True), nullable=True),
+    Column("approved_at", String(40), nullable=True),
+    Column("first_seen", String(40), nullable=True),
     Column("seen_digest", String(64), nullable=True),  # latest seen from the upstream
     Column("seen_definition", Text, nullable=True),
-    Column("seen_at", DateTime(timezone=True), nullable=True),
+    Column("seen_at", String(40), nullable=True),
     Column("findings", Text, nullable=False, default="[]"),  # scanner findings on latest (JSON)
 )
 
@@ -28,7 +32,7 @@ pin_events = Table(
     "tool_pin_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("time", DateTime(timezone=True), nullable=False),
+    Column("time", String(40), nullable=False),
     Column("server", String(255), nullable=False, index=True),
     Column("tool", String(255), nullable=False),
     Column("kind", String(32), nullable=False),  # pinned|unapproved|drift|duplicate|approved|reset
