@@ -1,0 +1,213 @@
+"""The session recorder the relay calls: `record(direction, message, decision=...)`.
+
+`record` never blocks and never touches the database: it stamps the message with the next
+sequence number and the current time and queues it. A background task redacts the queued
+messages (with the audit store's redaction) and writes them in batches, so recording adds
+no disk wait to the relayed path. Recording is evidence, not enforcement: the write-ahead
+guarantee belongs to decision events. If a batch cannot be written, the recorder logs it
+loudly, counts the lost messages (`dropped`), and keeps relaying; it never blocks a call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import anyio
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mcpfw.audit.redaction import Redactor as AuditRedactor
+from mcpfw.model import Agent, Decision, utcnow
+from mcpfw.recording.format import Direction, RecordedDecision, SessionHeader
+from mcpfw.recording.store import end_session, insert_messages, insert_session
+
+__all__ = ["SessionRecorder", "message_redactor", "open_recorder", "to_json_message"]
+
+log = logging.getLogger("mcpfw.recording")
+
+# redact(value) -> (redacted copy, JSON pointers that were masked)
+Redactor = Callable[[Any], tuple[Any, tuple[str, ...]]]
+
+
+def message_redactor(redactor: AuditRedactor) -> Redactor:
+    """Redact whole JSON-RPC messages the way the audit log redacts a call.
+
+    The secret detectors run over the whole message; the configured JSON pointers (which
+    point into a call's arguments) apply to `params.arguments` of a `tools/call` request, so
+    a recorded request is masked exactly like its decision event.
+    """
+
+    def redact(message: Any) -> tuple[Any, tuple[str, ...]]:
+        params = message.get("params") if isinstance(message, Mapping) else None
+        if (
+            message.get("method") == "tools/call"
+            and isinstance(params, Mapping)
+            and isinstance(params.get("arguments"), Mapping)
+        ):
+            args = redactor.redact(params["arguments"])
+            rest = redactor.redact(
+                {**message, "params": {k: v for k, v in params.items() if k != "arguments"}},
+                use_pointers=False,
+            )
+            out = dict(rest.value)
+            out["params"] = {**out["params"], "arguments": args.value}
+            paths = rest.paths + tuple("/params/arguments" + p for p in args.paths)
+            return out, paths
+        whole = redactor.redact(message, use_pointers=False)
+        return whole.value, whole.paths
+
+    return redact
+
+
+def to_json_message(message: Any) -> dict[str, Any]:
+    """A JSON-RPC message as a plain dict, from a dict, an SDK model or a SessionMessage."""
+    inner = getattr(message, "message", None)
+    if inner is not None and not isinstance(message, Mapping):
+        message = inner  # a SessionMessage
+    dump = getattr(message, "model_dump", None)
+    if dump is not None:
+        data = dump(by_alias=True, exclude_unset=True, mode="json")
+        if isinstance(data, dict):
+            return data
+    if isinstance(message, Mapping):
+        return dict(message)
+    raise TypeError(f"cannot record a {type(message).__name__} as a JSON-RPC message")
+
+
+class SessionRecorder:
+    """Queues a session's messages and writes them in order, in batches."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        header: SessionHeader,
+        *,
+        redact: Redactor,
+        batch_size: int = 256,
+    ) -> None:
+        self.engine = engine
+        self.header = header
+        self._redact = redact
+        self._batch_size = batch_size
+        self._queue: list[dict[str, Any]] = []
+        self._seq = 0
+        self._wake = anyio.Event()
+        self._closed = False
+        self._lock = anyio.Lock()
+        self.written = 0
+        self.dropped = 0
+
+    @property
+    def session_id(self) -> str:
+        """The recorded session's id."""
+        return self.header.session_id
+
+    def record(
+        self,
+        direction: Direction | str,
+        message: Any,
+        *,
+        decision: Decision | None = None,
+        decision_id: str | None = None,
+        source: str = "",
+        time: datetime | None = None,
+    ) -> int:
+        """Queue one message in relay order; returns its sequence number. Never blocks."""
+        if self._closed:
+            raise RuntimeError("recorder is closed")
+        self._seq += 1
+        if decision is not None:
+            decision_id = decision.id
+        self._queue.append(
+            {
+                "seq": self._seq,
+                "time": time or utcnow(),
+                "direction": Direction(direction).value,
+                "message": to_json_message(message),
+                "decision_id": decision_id,
+                "decision": None if decision is None else RecordedDecision.from_decision(decision),
+                "source": source,
+            }
+        )
+        if len(self._queue) >= self._batch_size:
+            self._wake.set()
+        return self._seq
+
+    async def flush(self) -> None:
+        """Write everything queued so far."""
+        async with self._lock:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                rows = []
+                for item in batch:
+                    redacted, pointers = self._redact(item.pop("message"))
+                    rows.append({**item, "message": redacted, "redacted": pointers})
+                try:
+                    await insert_messages(self.engine, self.session_id, rows)
+                except (SQLAlchemyError, OSError) as exc:
+                    self.dropped += len(rows)
+                    log.error(
+                        "recording of session %s lost %d messages (seq %d..%d): %s",
+                        self.session_id,
+                        len(rows),
+                        rows[0]["seq"],
+                        rows[-1]["seq"],
+                        exc,
+                    )
+                else:
+                    self.written += len(rows)
+
+    async def run(self, *, interval: float = 0.2) -> None:
+        """Background flusher: write a batch when it is full or every `interval` seconds."""
+        while not self._closed:
+            with anyio.move_on_after(interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            await self.flush()
+
+    async def aclose(self, *, reason: str = "") -> None:
+        """Write what is left and mark the session ended."""
+        self._closed = True
+        self._wake.set()
+        with anyio.CancelScope(shield=True):
+            await self.flush()
+            try:
+                await end_session(self.engine, self.session_id, utcnow(), reason)
+            except (SQLAlchemyError, OSError) as exc:
+                log.error("recording of session %s: cannot mark it ended: %s", self.session_id, exc)
+
+
+@asynccontextmanager
+async def open_recorder(
+    engine: AsyncEngine,
+    *,
+    session_id: str,
+    agent: Agent,
+    server: str = "",
+    instance: str = "",
+    redact: Redactor,
+    note: str = "",
+) -> AsyncIterator[SessionRecorder]:
+    """Start recording a session; the recorder flushes in the background until exit."""
+    claims, _ = redact(dict(agent.claims))
+    header = SessionHeader(
+        session_id=session_id,
+        agent=Agent(id=agent.id, roles=agent.roles, claims=claims, transport=agent.transport),
+        server=server,
+        started=utcnow(),
+        instance=instance,
+        note=note,
+    )
+    await insert_session(engine, header)
+    recorder = SessionRecorder(engine, header, redact=redact)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(recorder.run)
+        try:
+            yield recorder
+        finally:
+            await recorder.aclose()
+            tg.cancel_scope.cancel()

@@ -1,0 +1,75 @@
+"""The live upstream `replay --execute` talks to: a stdio command or a streamable-HTTP URL.
+
+Uses the MCP SDK client (era negotiated automatically, response cache off), so the same
+replay works against handshake-era and 2026-07-28 servers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcpfw.replay.execute import ToolCaller, UpstreamCallError
+
+__all__ = ["UpstreamConnectError", "connect_upstream"]
+
+
+class UpstreamConnectError(Exception):
+    """The live upstream could not be started or reached."""
+
+
+@asynccontextmanager
+async def connect_upstream(
+    *,
+    command: Sequence[str] | None = None,
+    url: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> AsyncIterator[ToolCaller]:
+    """Connect to one upstream and yield a `ToolCaller` for it."""
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+    from mcp.shared.exceptions import MCPError
+
+    server: Any
+    if command:
+        server = StdioServerParameters(
+            command=command[0], args=list(command[1:]), env=dict(os.environ), cwd=cwd
+        )
+    elif url:
+        server = url
+        if headers:
+            import httpx2
+            from mcp.client.streamable_http import streamable_http_client
+
+            server = streamable_http_client(
+                url, http_client=httpx2.AsyncClient(headers=dict(headers))
+            )
+    else:
+        raise UpstreamConnectError("give an upstream: --upstream-url URL or -- <command...>")
+
+    what = " ".join(command) if command else str(url)
+    client = Client(server, cache=None)
+    try:
+        await client.__aenter__()
+    except (OSError, MCPError) as exc:
+        raise UpstreamConnectError(f"cannot connect to the upstream {what}: {exc}") from None
+    except Exception as exc:  # a top-level boundary: transport errors vary by SDK version
+        raise UpstreamConnectError(
+            f"cannot connect to the upstream {what}: {type(exc).__name__}: {exc}"
+        ) from None
+
+    async def call(name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            result = await client.call_tool(name, dict(arguments))
+        except MCPError as exc:
+            raise UpstreamCallError(f"upstream error {exc.code}: {exc.message}") from None
+        dumped: dict[str, Any] = result.model_dump(by_alias=True, exclude_none=True, mode="json")
+        return dumped
+
+    try:
+        yield call
+    finally:
+        await client.__aexit__(None, None, None)

@@ -1,0 +1,249 @@
+"""Recording: the JSONL format, message redaction, the writer and its tables."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from mcpfw.audit.redaction import RedactionConfig, Redactor
+from mcpfw.audit.schema import metadata
+from mcpfw.model import Agent, Decision, Effect
+from mcpfw.recording import (
+    FORMAT_VERSION,
+    Direction,
+    RecordedDecision,
+    RecordedMessage,
+    Recording,
+    RecordingFormatError,
+    SessionHeader,
+    dumps_jsonl,
+    import_recording,
+    list_sessions,
+    load_jsonl,
+    load_recording,
+    message_redactor,
+    open_recorder,
+    parse_jsonl,
+    recording_messages,
+    recording_sessions,
+)
+
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+def _recording() -> Recording:
+    decision = RecordedDecision(id="d1", effect=Effect.ALLOW, rule="read-ws", matched=("read-ws",))
+    msgs = (
+        RecordedMessage(
+            seq=1,
+            time=T0,
+            direction=Direction.CLIENT_TO_SERVER,
+            message={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "read_file", "arguments": {"path": "/ws/a"}},
+            },
+            decision_id="d1",
+        ),
+        RecordedMessage(
+            seq=2,
+            time=T0 + timedelta(milliseconds=5),
+            direction=Direction.SERVER_TO_CLIENT,
+            message={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "result": {"content": [{"type": "text", "text": "A"}]},
+            },
+            decision_id="d1",
+            redacted=("/result/x",),
+        ),
+    )
+    header = SessionHeader(
+        session_id="s1",
+        agent=Agent(id="ci-bot", roles=("ci",), claims={"team": "core"}),
+        server="fs",
+        started=T0,
+    )
+    return Recording(header=header, messages=msgs, decisions={"d1": decision})
+
+
+def test_a_recording_survives_a_jsonl_round_trip() -> None:
+    rec = _recording()
+    text = dumps_jsonl(rec)
+    back = parse_jsonl(text.splitlines())
+    assert back.header == rec.header
+    assert back.messages == rec.messages
+    assert dict(back.decisions) == dict(rec.decisions)
+
+
+def test_the_first_line_carries_the_format_and_its_version() -> None:
+    first = json.loads(dumps_jsonl(_recording()).splitlines()[0])
+    assert first["format"] == "mcpfw-session"
+    assert first["version"] == FORMAT_VERSION
+    assert first["session"]["agent"]["id"] == "ci-bot"
+
+
+def test_a_decision_is_embedded_once_on_the_first_message_that_names_it() -> None:
+    lines = [json.loads(x) for x in dumps_jsonl(_recording()).splitlines()[1:]]
+    assert lines[0]["decision"]["rule"] == "read-ws"
+    assert "decision" not in lines[1]
+    assert lines[1]["decision_id"] == "d1"
+
+
+@pytest.mark.parametrize(
+    ("lines", "line", "words"),
+    [
+        (["{not json"], 1, "invalid JSON"),
+        (['{"format": "other", "version": 1}'], 1, "not an mcpfw session recording"),
+        (['{"format": "mcpfw-session", "version": 99, "session": {}}'], 1, "upgrade mcpfw"),
+        ([], 1, "empty file"),
+    ],
+)
+def test_a_bad_file_is_reported_with_its_line(lines: list[str], line: int, words: str) -> None:
+    with pytest.raises(RecordingFormatError) as err:
+        parse_jsonl(lines, source="x.jsonl")
+    assert err.value.line == line
+    assert words in str(err.value)
+    assert str(err.value).startswith(f"x.jsonl:{line}:")
+
+
+def test_a_message_line_with_a_missing_field_or_bad_order_names_the_line() -> None:
+    good = dumps_jsonl(_recording()).splitlines()
+    missing = json.loads(good[1])
+    del missing["time"]
+    with pytest.raises(RecordingFormatError, match=r"x:2: missing field 'time'"):
+        parse_jsonl([good[0], json.dumps(missing)], source="x")
+    with pytest.raises(RecordingFormatError, match=r"x:3: seq 1 is not after"):
+        parse_jsonl([good[0], good[1], good[1]], source="x")
+    bad_dir = json.loads(good[1])
+    bad_dir["direction"] = "up"
+    with pytest.raises(RecordingFormatError, match="direction must be"):
+        parse_jsonl([good[0], json.dumps(bad_dir)], source="x")
+
+
+def test_a_missing_file_is_a_format_error_not_a_traceback(tmp_path: Path) -> None:
+    with pytest.raises(RecordingFormatError, match="no such file"):
+        load_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_message_redaction_masks_configured_pointers_and_detected_secrets() -> None:
+    redact = message_redactor(Redactor(RedactionConfig(pointers=("/note",))))
+    message = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {
+            "name": "fetch",
+            "arguments": {"url": "https://x", "note": "private", "token": "abc123"},
+        },
+    }
+    out, paths = redact(message)
+    args = out["params"]["arguments"]
+    assert args["url"] == "https://x"
+    assert "private" not in json.dumps(out) and "abc123" not in json.dumps(out)
+    assert set(paths) == {"/params/arguments/note", "/params/arguments/token"}
+    result = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "result": {"content": [{"type": "text", "text": "key AKIAABCDEFGHIJKLMNOP"}]},
+    }
+    out, paths = redact(result)
+    assert "AKIAABCDEFGHIJKLMNOP" not in json.dumps(out)
+    assert paths == ("/result/content/0/text",)
+
+
+async def _engine(tmp_path: Path) -> Any:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(
+            lambda c: metadata.create_all(c, tables=[recording_sessions, recording_messages])
+        )
+    return engine
+
+
+@pytest.mark.anyio
+async def test_the_recorder_writes_every_message_in_order_linked_to_its_decision(
+    tmp_path: Path,
+) -> None:
+    engine = await _engine(tmp_path)
+    redact = message_redactor(Redactor())
+    decision = Decision(effect=Effect.DENY, rule="no-env", matched=("no-env",))
+    with anyio.fail_after(10):
+        async with open_recorder(
+            engine, session_id="s-rec", agent=Agent(id="a1"), server="fs", redact=redact
+        ) as rec:
+            rec.record(Direction.CLIENT_TO_SERVER, {"jsonrpc": "2.0", "id": 0, "method": "ping"})
+            rec.record(Direction.SERVER_TO_CLIENT, {"jsonrpc": "2.0", "id": 0, "result": {}})
+            call = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "read_file", "arguments": {"password": "hunter2"}},
+            }
+            rec.record("c2s", call, decision=decision)
+            rec.record(
+                "s2c",
+                {"jsonrpc": "2.0", "id": 1, "result": {"isError": True, "content": []}},
+                decision_id=decision.id,
+                source="firewall",
+            )
+        loaded = await load_recording(engine, "s-rec")
+        sessions = await list_sessions(engine)
+    await engine.dispose()
+    assert loaded is not None
+    assert [m.seq for m in loaded.messages] == [1, 2, 3, 4]
+    assert [m.direction.value for m in loaded.messages] == ["c2s", "s2c", "c2s", "s2c"]
+    assert loaded.messages[2].decision_id == decision.id
+    assert loaded.messages[3].source == "firewall"
+    assert loaded.decisions[decision.id].rule == "no-env"
+    assert "hunter2" not in json.dumps(loaded.messages[2].message)
+    assert loaded.messages[2].redacted == ("/params/arguments/password",)
+    assert loaded.header.ended is not None
+    assert [(s.header.session_id, s.messages, s.calls) for s in sessions] == [("s-rec", 4, 1)]
+
+
+@pytest.mark.anyio
+async def test_an_imported_recording_reads_back_identically_and_cannot_be_imported_twice(
+    tmp_path: Path,
+) -> None:
+    engine = await _engine(tmp_path)
+    rec = _recording()
+    await import_recording(engine, rec)
+    back = await load_recording(engine, "s1")
+    with pytest.raises(ValueError, match="already in the database"):
+        await import_recording(engine, rec)
+    await engine.dispose()
+    assert back is not None
+    assert dumps_jsonl(back) == dumps_jsonl(rec)
+
+
+@pytest.mark.anyio
+async def test_the_recorder_accepts_sdk_messages_as_relayed(tmp_path: Path) -> None:
+    from mcp.shared.message import SessionMessage
+    from mcp.types import JSONRPCRequest
+
+    engine = await _engine(tmp_path)
+    msg = SessionMessage(
+        JSONRPCRequest(jsonrpc="2.0", id=7, method="x/unknown", params={"extra": {"kept": True}})
+    )
+    with anyio.fail_after(10):
+        async with open_recorder(
+            engine, session_id="s-sdk", agent=Agent(id="a"), redact=message_redactor(Redactor())
+        ) as rec:
+            rec.record("c2s", msg)
+        loaded = await load_recording(engine, "s-sdk")
+    await engine.dispose()
+    assert loaded is not None
+    assert loaded.messages[0].message == {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "x/unknown",
+        "params": {"extra": {"kept": True}},
+    }
