@@ -1,0 +1,559 @@
+"""The streamable-HTTP front of `mcpfw serve`: a Starlette app for many authenticated agents.
+
+Paths:
+
+- `POST|GET|DELETE /mcp/<server>`: one configured upstream; `/mcp`: all of them, tool names
+  prefixed `<server>__`.
+- `GET /.well-known/oauth-protected-resource[/mcp...]`: RFC 9728 metadata (unauthenticated).
+- `GET /healthz` (the process is up) and `GET /readyz` (every upstream is connected).
+
+Every MCP request passes, in order: Host/Origin check (403), bearer authentication (401 with
+`WWW-Authenticate`), body size/time/depth limits (413/408/400), then one of two eras:
+
+- 2026-07-28 (an `MCP-Protocol-Version` header that is not a handshake-era version, or a body
+  carrying the per-request `_meta` envelope): each POST stands alone; the SDK's own inbound
+  classifier checks the envelope and that `Mcp-Method`/`Mcp-Name` equal the body (else HTTP 400
+  with JSON-RPC error -32020).
+- handshake era: `initialize` opens a session bound to the caller's identity; its
+  `Mcp-Session-Id` is refused (403) when presented by anyone else. GET opens the session's
+  stream for notifications and server→client requests; DELETE ends the session.
+
+A request's answer is JSON, unless the upstream sends something for it first (progress, an
+elicitation) and the client accepts SSE: then the POST becomes an SSE stream carrying those
+messages and finally the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+)
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from mcpfw.config import AuthConfig
+from mcpfw.model import Agent, new_id
+from mcpfw.proxy.auth import Authenticator, AuthError, protected_resource_metadata, www_authenticate
+from mcpfw.proxy.http_checks import BadRequest, OriginPolicy, read_json_body
+from mcpfw.proxy.http_endpoint import CallContext, Endpoint, ToolGate
+from mcpfw.proxy.http_session import AgentSession, Exchange, SessionTable
+from mcpfw.proxy.messages import PROTOCOL_VERSION_KEY, classify
+from mcpfw.proxy.shared_upstream import Raw, SharedUpstream, UpstreamUnavailable, error_message
+
+__all__ = ["FrontLimits", "HttpFirewall", "SessionGate"]
+
+log = logging.getLogger("mcpfw.serve")
+
+SESSION_HEADER = "mcp-session-id"
+_PING_S = 15.0
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+_EXPIRY_EVERY_S = 60.0
+
+
+class SessionGate(ToolGate, Protocol):
+    """A tool gate that is also told when agent sessions end (for the audit log)."""
+
+    async def session_closed(self, session: AgentSession, reason: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FrontLimits:
+    max_body_bytes: int = 1_048_576
+    max_json_depth: int = 64
+    read_timeout_s: float = 30.0
+    session_idle_s: float = 3600.0
+    startup_timeout_s: float = 30.0
+
+
+def _dumps(message: Any) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _sse(message: Raw) -> bytes:
+    return b"event: message\r\ndata: " + _dumps(message) + b"\r\n\r\n"
+
+
+async def _send_json(
+    send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> None:
+    data = _dumps(body) if body is not None else b""
+    raw_headers = [(b"content-length", str(len(data)).encode())]
+    if body is not None:
+        raw_headers.append((b"content-type", b"application/json"))
+    raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+class HttpFirewall:
+    """Everything `mcpfw serve` runs: upstreams, sessions, endpoints, and the ASGI app."""
+
+    def __init__(
+        self,
+        *,
+        upstreams: Mapping[str, SharedUpstream],
+        gate: SessionGate,
+        authenticator: Authenticator,
+        auth: AuthConfig,
+        origin: OriginPolicy,
+        limits: FrontLimits | None = None,
+        public_url: str | None = None,
+    ) -> None:
+        self.upstreams = dict(upstreams)
+        self.gate = gate
+        self.authenticator = authenticator
+        self.auth = auth
+        self.origin = origin
+        self.limits = limits or FrontLimits()
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.sessions = SessionTable(idle_timeout_s=self.limits.session_idle_s)
+        self.audit_store: Any = None  # set by open_http_firewall (tests read it)
+        self.endpoints = {"": Endpoint("", self.upstreams, gate)}
+        self.endpoints.update({name: Endpoint(name, self.upstreams, gate) for name in upstreams})
+
+    # --- app -----------------------------------------------------------------------------------
+
+    def app(self) -> Starlette:
+        """The ASGI app; its lifespan connects every upstream (kept until shutdown)."""
+        routes = [
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+            Route("/.well-known/oauth-protected-resource", self._metadata, methods=["GET"]),
+            Route(
+                "/.well-known/oauth-protected-resource/{path:path}",
+                self._metadata,
+                methods=["GET"],
+            ),
+            Route("/mcp", _McpRoute(self, ""), methods=["GET", "POST", "DELETE"]),
+        ]
+        routes += [
+            Route(f"/mcp/{name}", _McpRoute(self, name), methods=["GET", "POST", "DELETE"])
+            for name in self.upstreams
+        ]
+        return Starlette(routes=routes, lifespan=self._lifespan)
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> Any:
+        async with anyio.create_task_group() as tg:
+            for upstream in self.upstreams.values():
+                await tg.start(upstream.run)
+            # Serve once every upstream is connected (or has had its chance: /readyz tells).
+            async with anyio.create_task_group() as waiting:
+                for upstream in self.upstreams.values():
+                    waiting.start_soon(self._await_upstream, upstream)
+            tg.start_soon(self._expire_sessions)
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for session in self.sessions.all():
+                        await self._close_session(session, "firewall shutting down")
+                    await self.gate.aclose()
+                tg.cancel_scope.cancel()
+
+    async def _await_upstream(self, upstream: SharedUpstream) -> None:
+        try:
+            await upstream.wait_ready(self.limits.startup_timeout_s)
+        except UpstreamUnavailable as exc:
+            log.error("%s; serving without it until it connects", exc)
+
+    async def _expire_sessions(self) -> None:
+        while True:
+            await anyio.sleep(_EXPIRY_EVERY_S)
+            for session in self.sessions.expire():
+                await self._after_close(session, "idle timeout")
+
+    async def _close_session(self, session: AgentSession, reason: str) -> None:
+        self.sessions.close(session.id)
+        await self._after_close(session, reason)
+
+    async def _after_close(self, session: AgentSession, reason: str) -> None:
+        for upstream in self.upstreams.values():
+            upstream.unsubscribe(session)
+        await self.gate.session_closed(session, reason)
+
+    # --- plain routes --------------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        down = {n: u.last_error for n, u in self.upstreams.items() if not u.ready}
+        body = {"status": "ready" if not down else "not ready", "unavailable": down}
+        return JSONResponse(body, status_code=200 if not down else 503)
+
+    def base_url(self, request: Request) -> str:
+        if self.public_url:
+            return self.public_url
+        host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+        return f"{request.url.scheme}://{host}"
+
+    async def _metadata(self, request: Request) -> Response:
+        path = request.path_params.get("path")
+        resource = self.base_url(request) + (f"/{path}" if path else "/mcp")
+        return JSONResponse(protected_resource_metadata(resource, self.auth))
+
+    def metadata_url(self, request: Request) -> str:
+        return f"{self.base_url(request)}/.well-known/oauth-protected-resource{request.url.path}"
+
+
+class _McpRoute:
+    """The ASGI handler of one MCP path (`/mcp` or `/mcp/<server>`)."""
+
+    def __init__(self, firewall: HttpFirewall, server: str) -> None:
+        self.fw = firewall
+        self.endpoint = firewall.endpoints[server]
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            self.fw.origin.check(request.headers.get("host"), request.headers.get("origin"))
+        except BadRequest as exc:
+            await _send_json(send, exc.status, error_message(None, exc.code, exc.message))
+            return
+        try:
+            agent = await self.fw.authenticator.authenticate(request.headers.get("authorization"))
+        except AuthError as exc:
+            header = www_authenticate(self.fw.metadata_url(request), exc)
+            body = {"error": exc.error or "unauthorized", "error_description": exc.description}
+            await _send_json(send, 401, body, {"www-authenticate": header})
+            return
+        if request.method == "GET":
+            await self._get(request, agent, send, receive)
+        elif request.method == "DELETE":
+            await self._delete(request, agent, send)
+        else:
+            await self._post(request, agent, scope, receive, send)
+
+    # --- session lookup ------------------------------------------------------------------------
+
+    async def _session(self, request: Request, agent: Agent, send: Send) -> AgentSession | None:
+        """The request's session, or None after answering 400/404/403."""
+        sid = request.headers.get(SESSION_HEADER)
+        if not sid:
+            await _send_json(send, 400, error_message(None, -32600, "Missing Mcp-Session-Id"))
+            return None
+        session = self.fw.sessions.get(sid)
+        if session is None or session.endpoint != self.server:
+            await _send_json(send, 404, error_message(None, -32600, "Session not found"))
+            return None
+        if session.agent.id != agent.id:
+            log.warning(
+                "session %s… of %r presented by %r: refused", sid[:8], session.agent.id, agent.id
+            )
+            await _send_json(
+                send, 403, error_message(None, -32600, "this session belongs to another identity")
+            )
+            return None
+        return session
+
+    async def _delete(self, request: Request, agent: Agent, send: Send) -> None:
+        session = await self._session(request, agent, send)
+        if session is not None:
+            await self.fw._close_session(session, "closed by the client")
+            await _send_json(send, 200, None)
+
+    async def _get(self, request: Request, agent: Agent, send: Send, receive: Receive) -> None:
+        session = await self._session(request, agent, send)
+        if session is None:
+            return
+        if session.get_stream_open:
+            await _send_json(send, 409, error_message(None, -32600, "a GET stream is already open"))
+            return
+        session.get_stream_open = True
+        headers = [*_SSE_HEADERS, (SESSION_HEADER.encode(), session.id.encode())]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+                while True:
+                    with anyio.move_on_after(_PING_S) as idle:
+                        try:
+                            message = await session.out_recv.receive()
+                        except (anyio.EndOfStream, anyio.ClosedResourceError):
+                            break
+                    body = b": ping\r\n\r\n" if idle.cancelled_caught else _sse(message)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                tg.cancel_scope.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away
+        finally:
+            session.get_stream_open = False
+
+    # --- POST ----------------------------------------------------------------------------------
+
+    async def _post(
+        self, request: Request, agent: Agent, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        content_type = request.headers.get("content-type", "application/json")
+        if not content_type.lower().startswith("application/json"):
+            await _send_json(
+                send, 415, error_message(None, -32600, "Content-Type must be application/json")
+            )
+            return
+        limits = self.fw.limits
+        try:
+            body = await read_json_body(
+                request,
+                max_bytes=limits.max_body_bytes,
+                max_depth=limits.max_json_depth,
+                timeout_s=limits.read_timeout_s,
+            )
+        except BadRequest as exc:
+            await _send_json(send, exc.status, error_message(None, exc.code, exc.message))
+            return
+        if isinstance(body, list):
+            await _send_json(
+                send, 400, error_message(None, -32600, "JSON-RPC batches are not supported")
+            )
+            return
+        kind = classify(body) if isinstance(body, dict) else "invalid"
+        if kind == "invalid":
+            await _send_json(send, 400, error_message(None, -32600, "not a JSON-RPC message"))
+            return
+        accept = request.headers.get("accept", "")
+        sse_ok = "text/event-stream" in accept or "*/*" in accept
+        if _is_modern(request, body):
+            await self._post_modern(request, agent, body, kind, sse_ok, receive, send)
+        else:
+            await self._post_handshake(request, agent, body, kind, sse_ok, receive, send)
+
+    async def _post_modern(
+        self,
+        request: Request,
+        agent: Agent,
+        body: Raw,
+        kind: str,
+        sse_ok: bool,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if kind == "notification":
+            await _send_json(send, 202, None)  # 2026-07-28 defines none client→server over HTTP
+            return
+        if kind == "response":
+            await _send_json(
+                send, 400, error_message(None, -32600, "2026-07-28 clients cannot post responses")
+            )
+            return
+        duplicated = find_duplicated_routing_header(request.headers.items())
+        verdict = (
+            InboundLadderRejection(-32020, f"{duplicated} header appears more than once")
+            if duplicated
+            else classify_inbound_request(body, headers=dict(request.headers))
+        )
+        if isinstance(verdict, InboundLadderRejection):
+            error = error_message(body.get("id"), verdict.code, verdict.message, verdict.data)
+            await _send_json(send, ERROR_CODE_HTTP_STATUS.get(verdict.code, 400), error)
+            return
+        exchange = Exchange(None, streaming=sse_ok)
+        ctx = CallContext(
+            agent=agent, exchange=exchange, session=None, modern=True, session_id=new_id()
+        )
+        await _respond(
+            send, receive, exchange, lambda: self.endpoint.handle(ctx, body), {}, modern=True
+        )
+
+    async def _post_handshake(
+        self,
+        request: Request,
+        agent: Agent,
+        body: Raw,
+        kind: str,
+        sse_ok: bool,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if not request.headers.get(SESSION_HEADER):
+            if kind == "request" and body.get("method") == "initialize":
+                await self._initialize(agent, body, send)
+            else:
+                await _send_json(
+                    send,
+                    400,
+                    error_message(
+                        body.get("id"), -32600, "Missing Mcp-Session-Id (send initialize first)"
+                    ),
+                )
+            return
+        session = await self._session(request, agent, send)
+        if session is None:
+            return
+        if kind == "response":
+            if not session.resolve(body):
+                log.debug("session %s: a response nobody waits for", session.id[:8])
+            await _send_json(send, 202, None)
+            return
+        if kind == "notification":
+            await self._notification(session, body)
+            await _send_json(send, 202, None)
+            return
+        if body.get("method") == "initialize":
+            await _send_json(
+                send, 400, error_message(body.get("id"), -32600, "session already initialized")
+            )
+            return
+        exchange = Exchange(session, streaming=sse_ok)
+        ctx = CallContext(
+            agent=agent, exchange=exchange, session=session, modern=False, session_id=session.id
+        )
+        request_id = body.get("id")
+        scope = anyio.CancelScope()
+
+        async def handle() -> Raw:
+            with scope:
+                return await self.endpoint.handle(ctx, body)
+            return error_message(request_id, -32800, "request cancelled")
+
+        key = _id_key(request_id)
+        session.inflight[key] = scope
+        try:
+            headers = {SESSION_HEADER: session.id}
+            await _respond(send, receive, exchange, handle, headers, modern=False)
+        finally:
+            session.inflight.pop(key, None)
+
+    async def _initialize(self, agent: Agent, body: Raw, send: Send) -> None:
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        capabilities = params.get("capabilities")
+        session = self.fw.sessions.open(
+            agent,
+            self.server,
+            str(params.get("protocolVersion", "")),
+            capabilities if isinstance(capabilities, dict) else {},
+        )
+        result = self.endpoint.initialize_result(params.get("protocolVersion"))
+        session.protocol_version = result["protocolVersion"]
+        for name in self.endpoint.upstreams:
+            self.fw.upstreams[name].subscribe(session)
+        log.info(
+            "session %s… opened by agent %r on /mcp%s",
+            session.id[:8],
+            agent.id,
+            f"/{self.server}" if self.server else "",
+        )
+        response = {"jsonrpc": "2.0", "id": body.get("id"), "result": result}
+        await _send_json(send, 200, response, {SESSION_HEADER: session.id})
+
+    async def _notification(self, session: AgentSession, body: Raw) -> None:
+        method = body.get("method")
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        if method == "notifications/cancelled":
+            scope = session.inflight.get(_id_key(params.get("requestId")))
+            if scope is not None:
+                scope.cancel()  # the upstream is told by SharedUpstream.request
+            return
+        if method in ("notifications/initialized", "notifications/roots/list_changed"):
+            return
+        if self.server:  # anything else goes to the one upstream of a per-server endpoint
+            await self.fw.upstreams[self.server].notify(str(method), params or None)
+
+
+def _id_key(request_id: Any) -> object:
+    return (type(request_id).__name__, request_id) if isinstance(request_id, str | int) else None
+
+
+def _is_modern(request: Request, body: Raw) -> bool:
+    version = request.headers.get("mcp-protocol-version")
+    if version is not None:
+        return version not in HANDSHAKE_PROTOCOL_VERSIONS
+    params = body.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta
+
+
+async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _respond(
+    send: Send,
+    receive: Receive,
+    exchange: Exchange,
+    handler: Callable[[], Awaitable[Raw]],
+    headers: Mapping[str, str],
+    *,
+    modern: bool,
+) -> None:
+    """Run `handler` and answer with JSON, or with SSE once related messages arrive first."""
+    result: list[Raw] = []
+
+    async def run() -> None:
+        try:
+            result.append(await handler())
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:  # top-level boundary of one request: log it, answer an error
+            log.exception("internal error while handling a request")
+            result.append(error_message(None, -32603, "internal error in mcpfw"))
+        finally:
+            exchange.finish()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+        tg.start_soon(run)
+        message = await _next_event(exchange, None)
+        if message is None:
+            if result:
+                await _send_json(send, _status(result[0], modern), result[0], headers)
+            tg.cancel_scope.cancel()
+            return
+        raw_headers = [*_SSE_HEADERS, *((k.encode(), v.encode()) for k, v in headers.items())]
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        while message is not None:
+            await send({"type": "http.response.body", "body": _sse(message), "more_body": True})
+            message = await _next_event(exchange, send)
+        final = _sse(result[0]) if result else b""
+        await send({"type": "http.response.body", "body": final, "more_body": False})
+        tg.cancel_scope.cancel()
+
+
+async def _next_event(exchange: Exchange, send: Send | None) -> Raw | None:
+    """The next message for this POST's stream, pinging while idle; None once answered."""
+    while True:
+        with anyio.move_on_after(_PING_S if send is not None else float("inf")):
+            try:
+                return await exchange.events.receive()
+            except anyio.EndOfStream:
+                return None
+        if send is not None:
+            await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+
+
+def _status(message: Raw, modern: bool) -> int:
+    error = message.get("error")
+    if isinstance(error, dict) and (modern or message.get("id") is None):
+        code = error.get("code")
+        return (
+            ERROR_CODE_HTTP_STATUS.get(code, 200 if modern else 400)
+            if isinstance(code, int)
+            else 400
+        )
+    return 200

@@ -1,0 +1,174 @@
+"""Assemble and run `mcpfw serve` from a `Config`: rules, audit store, guards, upstreams, app.
+
+    async with open_http_firewall(config) as firewall:
+        await run_uvicorn(firewall.app(), host="127.0.0.1", port=8765)
+
+Everything is validated before anything listens: rules compile, the auth section works, the
+audit store opens. Problems raise `ServeError` with a message saying what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+
+from mcpfw.config import Config
+from mcpfw.proxy.auth import AuthConfigError, Authenticator
+from mcpfw.proxy.guard import Guard, GuardSettings
+from mcpfw.proxy.http_checks import OriginPolicy
+from mcpfw.proxy.http_front import FrontLimits, HttpFirewall
+from mcpfw.proxy.http_gate import HttpGate
+from mcpfw.proxy.reload import RuleHolder
+from mcpfw.proxy.serve_upstreams import connector_for
+from mcpfw.proxy.shared_upstream import SharedUpstream
+
+__all__ = ["ServeError", "open_http_firewall", "run_uvicorn"]
+
+log = logging.getLogger("mcpfw.serve")
+
+
+class ServeError(Exception):
+    """`mcpfw serve` cannot start; the message says what to fix."""
+
+
+def _authenticator(config: Config) -> Authenticator:
+    try:
+        authenticator = Authenticator(auth=config.server.auth, agents=config.agents)
+    except AuthConfigError as exc:
+        raise ServeError(str(exc)) from None
+    if not authenticator.enabled:
+        raise ServeError(
+            "server.auth configures no credentials: add server.auth.jwt or server.auth.api_keys "
+            "(mcpfw serve never serves anonymous agents)"
+        )
+    return authenticator
+
+
+@asynccontextmanager
+async def open_http_firewall(
+    config: Config,
+    *,
+    host: str | None = None,
+    instance: str | None = None,
+    audit_url: str | None = None,
+    reload_interval_s: float = 1.0,
+    store: Any = None,
+) -> AsyncIterator[HttpFirewall]:
+    """Build the firewall (rules loaded, store open); upstreams connect in the app's lifespan."""
+    from mcpfw.policy import ArgLimits, RuleSetError
+
+    if not config.upstreams:
+        raise ServeError("the config names no upstreams: add an `upstreams:` section")
+    if not config.rules:
+        raise ServeError("the config names no rules: add `rules: <file or directory>`")
+    authenticator = _authenticator(config)
+    limits = config.limits
+    holder = RuleHolder(
+        config.rules,
+        engine=config.engine,
+        limits=ArgLimits(
+            max_depth=limits.max_depth, max_bytes=limits.max_bytes, max_items=limits.max_items
+        ),
+    )
+    try:
+        holder.load()
+    except RuleSetError as exc:
+        raise ServeError(
+            "the rules do not load:\n" + "\n".join(f"  {e}" for e in exc.errors)
+        ) from None
+    async with AsyncExitStack() as stack:
+        if store is None:  # tests may pass an open store
+            from mcpfw.audit import RedactionConfig, open_store
+
+            redaction = RedactionConfig(
+                pointers=tuple(config.audit.redact), detect_secrets=config.audit.detect_secrets
+            )
+            url = audit_url or config.audit.url
+            store = await stack.enter_async_context(
+                open_store(url, instance=instance, redaction=redaction)
+            )
+        guards = {
+            name: Guard(
+                rules=holder,
+                store=store,
+                settings=GuardSettings(
+                    server=name,
+                    monitor=config.mode == "monitor",
+                    audit_failure="allow" if config.audit.on_failure == "allow" else "deny",
+                    ask_timeout_s=config.ask_timeout_s,
+                    hide_denied=config.hide_denied,
+                ),
+            )
+            for name in config.upstreams
+        }
+        upstreams = {
+            name: SharedUpstream(name, connector_for(conf), timeout_s=conf.timeout_s)
+            for name, conf in config.upstreams.items()
+        }
+        server = config.server
+        firewall = HttpFirewall(
+            upstreams=upstreams,
+            gate=HttpGate(guards),
+            authenticator=authenticator,
+            auth=server.auth,
+            origin=OriginPolicy.build(
+                host or server.host, server.allowed_origins, server.public_url
+            ),
+            limits=FrontLimits(
+                max_body_bytes=server.max_body_bytes,
+                max_json_depth=server.max_json_depth,
+                read_timeout_s=server.read_timeout_s,
+            ),
+            public_url=server.public_url,
+        )
+        firewall.audit_store = store
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder.watch, reload_interval_s)
+            try:
+                yield firewall
+            finally:
+                tg.cancel_scope.cancel()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0 picks a free one); raises ServeError when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def uvicorn_server(app: Any, *, read_timeout_s: float = 30.0, log_level: str = "warning") -> Any:
+    """A uvicorn server for `app` (h11 or httptools, whichever is installed)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=max(5, int(read_timeout_s)),
+        timeout_graceful_shutdown=5,
+        limit_concurrency=4096,
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+async def run_uvicorn(app: Any, sock: socket.socket, *, read_timeout_s: float = 30.0,
+                      log_level: str = "warning") -> None:  # fmt: skip
+    """Serve `app` on an already bound socket until cancelled or signalled."""
+    server = uvicorn_server(app, read_timeout_s=read_timeout_s, log_level=log_level)
+    await server.serve(sockets=[sock])
