@@ -21,21 +21,42 @@ _TYPES: dict[str, Any] = {
     "string": _T.STRING,
     "bool": _T.BOOL,
     "int": _T.INT,
-    "list": _T.List(_T.STRING),
+    "list": _T.List(_T.DYN),
+    "dyn": _T.DYN,
 }
 _ISSUE = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*?)(?:\n \||$)", re.S)
 
 
 def _declare(sig: Signature) -> Any:
-    params = [_TYPES[p] for p in sig.params]
     result = _TYPES[sig.result]
     impl = _guarded(sig.impl)
-    base = f"mcpfw_{sig.name}_" + "_".join(sig.params)
-    overloads = [
-        cel.Overload(base, result, params, is_member=False, impl=impl),
-        cel.Overload(base + "_member", result, params, is_member=True, impl=impl),
-    ]
+    overloads = []
+    # cel-cpp dispatches on runtime types, and a DYN parameter matches none: a "dyn"
+    # parameter gets one overload per concrete JSON type instead.
+    for params in _expand([_CONCRETE if p == "dyn" else [(p, _TYPES[p])] for p in sig.params]):
+        base = f"mcpfw_{sig.name}_" + "_".join(name for name, _ in params)
+        types = [t for _, t in params]
+        overloads.append(cel.Overload(base, result, types, is_member=False, impl=impl))
+        overloads.append(cel.Overload(base + "_member", result, types, is_member=True, impl=impl))
     return cel.FunctionDecl(sig.name, overloads)
+
+
+_CONCRETE: list[tuple[str, Any]] = [
+    ("string", _T.STRING),
+    ("int", _T.INT),
+    ("double", _T.DOUBLE),
+    ("bool", _T.BOOL),
+    ("null", _T.NULL),
+    ("list", _T.List(_T.DYN)),
+    ("map", _T.Map(_T.STRING, _T.DYN)),
+]
+
+
+def _expand(choices: list[list[tuple[str, Any]]]) -> list[list[tuple[str, Any]]]:
+    combos: list[list[tuple[str, Any]]] = [[]]
+    for options in choices:
+        combos = [[*c, o] for c in combos for o in options]
+    return combos
 
 
 def _guarded(impl: Callable[..., Any]) -> Callable[..., Any]:

@@ -33,6 +33,8 @@ def _to_cel(value: Any) -> Any:
         return celtypes.IntType(value)
     if isinstance(value, str):
         return celtypes.StringType(value)
+    if isinstance(value, celtypes.ListType):
+        return value
     if isinstance(value, list):
         return celtypes.ListType([_to_cel(v) for v in value])
     return value
@@ -45,6 +47,8 @@ def _accepts(kind: str, value: Any) -> bool:
         return isinstance(value, list)
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "dyn":
+        return True
     return isinstance(value, bool)
 
 
@@ -61,6 +65,8 @@ def _wrap(name: str, params: tuple[str, ...] | None, impl: Callable[..., Any]) -
             return CELEvalError(f"no matching overload for {name}({kinds})", TypeError, ())
         try:
             plain = [str(a) if isinstance(a, str) else a for a in args]
+            if params == ("dyn",) and isinstance(args[0], list):
+                return args[0]
             return _to_cel(impl(*plain))
         except (ValueError, TypeError) as exc:
             return CELEvalError(str(exc), type(exc), exc.args)

@@ -70,7 +70,8 @@ def _decide(ruleset: RuleSet, call: ToolCall) -> dict[str, Any]:
     try:
         variables = variables_for(ruleset, call)
     except LimitExceeded as exc:
-        return {"effect": Effect.DENY, "rule": "limits", "reason": f"{exc}; denied unevaluated"}
+        reason = str(exc) if "unevaluated" in str(exc) else f"{exc}; denied unevaluated"
+        return {"effect": Effect.DENY, "rule": "limits", "reason": reason}
 
     activation: Any = None
     matched: list[Rule] = []

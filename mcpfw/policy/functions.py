@@ -13,7 +13,6 @@ import functools
 import ipaddress
 import re
 import shlex
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import getaddresses
@@ -140,9 +139,15 @@ def _split_url(url: str) -> Any:
 
 
 def _clean_host(host: str) -> str:
-    host = unicodedata.normalize("NFKC", unquote(host)).lower().rstrip(".")
+    host = unquote(host).lower().rstrip(".")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if not host.isascii():
+        # Internationalised names: map to punycode (IDNA, with nameprep) as a fetcher would.
+        try:
+            host = host.encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            raise ValueError(f"not a valid host name: {host!r}") from None
     if any(c in host for c in " \t\r\n/\\@#?%") or any(ord(c) < 0x20 for c in host):
         raise ValueError(f"not a valid host: {host!r}")
     return host
@@ -300,7 +305,7 @@ _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-
 def email_address(text: str) -> str:
     """The one address in `text` (`Name <a@b.c>` or `a@b.c`), domain lower-cased.
     Several addresses, or anything not a plain address, is an error."""
-    text = unicodedata.normalize("NFKC", text).strip()
+    text = text.strip()
     pairs = getaddresses([text])
     if len(pairs) != 1:
         raise ValueError(f"expected one email address, got {len(pairs)}: {text!r}")
@@ -334,6 +339,29 @@ def shell_split(text: str) -> list[str]:
         raise ValueError(f"cannot split command line: {exc}") from None
 
 
+# --- git and lists ------------------------------------------------------------------------
+
+
+def ref_branch(ref: str) -> str:
+    """The branch a push refspec writes to: `+HEAD:refs/heads/Main ` → `main`."""
+    ref = ref.strip()
+    dest = ref.rsplit(":", 1)[-1].strip().lstrip("+")
+    for prefix in ("refs/heads/", "heads/"):
+        if dest.lower().startswith(prefix):
+            dest = dest[len(prefix) :]
+    return dest.lower()
+
+
+def is_force_ref(ref: str) -> bool:
+    """True when a refspec forces the update (a leading `+`)."""
+    return ref.strip().startswith("+")
+
+
+def as_list(value: Any) -> list[Any]:
+    """`value` if it is a list, else a one-element list (for args sent as one or many)."""
+    return value if isinstance(value, list) else [value]
+
+
 # --- portable string helpers (cel-expr-python has these natively via its strings extension)
 
 
@@ -353,7 +381,7 @@ class Signature:
     """One custom function: its CEL name, parameter and result types, implementation."""
 
     name: str
-    params: tuple[str, ...]  # "string" | "list" | "int" | "bool"
+    params: tuple[str, ...]  # "string" | "list" | "int" | "bool" | "dyn"
     result: str
     impl: Callable[..., Any]
     doc: str
@@ -404,6 +432,15 @@ FUNCTIONS: tuple[Signature, ...] = (
         email_domain,
         "emailDomain('bob@Corp.com') == 'corp.com'",
     ),
+    Signature(
+        "refBranch",
+        ("string",),
+        "string",
+        ref_branch,
+        "refBranch('+HEAD:refs/heads/Main') == 'main'",
+    ),
+    Signature("isForceRef", ("string",), "bool", is_force_ref, "isForceRef('+main') == true"),
+    Signature("asList", ("dyn",), "list", as_list, "asList('a') == ['a']"),
     Signature(
         "hasShellMeta", ("string",), "bool", has_shell_meta, "hasShellMeta('ls; rm') == true"
     ),

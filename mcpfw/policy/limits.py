@@ -61,7 +61,7 @@ class _Walker:
             return self.sequence(v, depth + 1)
         if isinstance(v, bytes | bytearray):
             return self.value(bytes(v).decode("utf-8", "replace"), depth)
-        return self.value(str(v), depth)
+        return self.value(str(v), depth)  # anything else is judged by its text
 
     def mapping(self, m: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         self._enter(depth, len(m))
@@ -96,6 +96,10 @@ class _Walker:
 
 
 def _clean_str(s: str) -> str:
+    # cel-expr-python cuts strings at a NUL byte, so a rule would see "/w/a.txt" for
+    # "/w/a.txt\0.png": refuse such input rather than let rules judge a different string.
+    if "\x00" in s:
+        raise LimitExceeded("arguments contain a NUL character; denied unevaluated")
     # Lone surrogates (JSON "\ud800") are not valid UTF-8; CEL engines reject or mangle them.
     if s.isascii():
         return s
