@@ -1,0 +1,334 @@
+"""The async audit store: group-committed, hash-chained writes on SQLite or PostgreSQL.
+
+Writers call `record_*`; each call builds its (redacted) row, joins the pending batch and
+waits. One flush task per store takes everything pending, chains it (seq, prev_hash, hash) in
+arrival order, inserts it and moves the chain head in ONE transaction, then wakes every waiter:
+concurrent callers share commits, and a failed commit fails every caller of that batch with
+`AuditWriteError` (nothing is dropped silently). The chain head is updated with a
+compare-and-swap on its seq, so two processes that share a chain id never fork it, and on
+PostgreSQL each instance locks only its own head row: no global lock between instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mcpfw.audit.chain import event_hash
+from mcpfw.audit.engine import EngineInfo, make_engine
+from mcpfw.audit.errors import AuditError, AuditWriteError
+from mcpfw.audit.events import (
+    decision_row,
+    outcome_row,
+    session_end_row,
+    session_start_row,
+    time_text,
+)
+from mcpfw.audit.migrations import current_version, latest_version, migrate_sync
+from mcpfw.audit.queries import AuditReader
+from mcpfw.audit.redaction import RedactionConfig, Redactor
+from mcpfw.audit.schema import HASHED_COLUMNS, audit_chains, audit_events
+from mcpfw.audit.urls import default_audit_url
+from mcpfw.model import Agent, Decision, Outcome, ToolCall, utcnow
+
+__all__ = ["AuditStore", "default_instance", "open_store"]
+
+MAX_BATCH = 2000  # events per transaction
+_CONTEXT_CACHE = 10_000  # decisions remembered to fill their outcome's session/agent/tool
+_RETRIES = 5
+
+
+def default_instance() -> str:
+    """This process's chain id: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _ChainConflict(Exception):
+    """Another writer moved this chain's head: reload it and chain the batch again."""
+
+
+class AuditStore(AuditReader):
+    """Writes (and, through `AuditReader`, reads) one audit database."""
+
+    def __init__(
+        self, engine: AsyncEngine, info: EngineInfo, *, instance: str, redactor: Redactor
+    ) -> None:
+        super().__init__(engine, info)
+        self.instance = instance
+        self.redactor = redactor
+        self.commits = 0  # transactions committed by this store's writer
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._head: tuple[int, str] | None = None  # (seq, hash) as last committed by us
+        self._head_known = False  # whether the head row exists (UPDATE vs INSERT)
+        self._decisions: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
+        self._sessions: dict[str, tuple[str, str]] = {}
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | None = None,
+        *,
+        instance: str | None = None,
+        redaction: RedactionConfig | None = None,
+        create: bool = True,
+    ) -> AuditStore:
+        """Open (and create or migrate) a store. Prefer `open_store` (closes it for you)."""
+        raw = url if url else default_audit_url()
+        redactor = Redactor(redaction)
+        engine, info = make_engine(raw, create=create)
+        store = cls(engine, info, instance=instance or default_instance(), redactor=redactor)
+        try:
+            await store._prepare(create=create)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def _prepare(self, *, create: bool) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+                async with conn.begin():
+                    if self.info.is_postgres and self.info.schema:
+                        await conn.exec_driver_sql(
+                            f'CREATE SCHEMA IF NOT EXISTS "{self.info.schema}"'
+                        )
+                    if not create:
+                        version = await conn.run_sync(current_version)
+                        if version is None:
+                            raise AuditError(
+                                f"{self.info.url} is not an mcpfw audit database "
+                                "(no schema_version table)"
+                            )
+                    await conn.run_sync(
+                        lambda c: migrate_sync(
+                            c, applied_at=time_text(utcnow()), is_postgres=self.info.is_postgres
+                        )
+                    )
+        except AuditError:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise AuditError(
+                f"cannot open the audit database {self.info.url}: {_why(exc)}"
+            ) from exc
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this store wrote or migrated to."""
+        return latest_version()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def record_session_start(
+        self,
+        *,
+        session_id: str,
+        agent: Agent,
+        server: str,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A session opened: who, through which transport, to which upstream."""
+        row = session_start_row(
+            self.redactor,
+            session_id=session_id,
+            agent=agent,
+            server=server,
+            detail=detail,
+            when=utcnow(),
+        )
+        self._sessions[session_id] = (agent.id, server)
+        await self._write(row)
+
+    async def record_decision(self, call: ToolCall, decision: Decision) -> None:
+        """Write-ahead: returns once the decision event is committed (group-committed)."""
+        row = decision_row(self.redactor, call, decision)
+        self._decisions[decision.id] = (call.session_id, call.agent.id, call.server, call.tool)
+        if len(self._decisions) > _CONTEXT_CACHE:
+            self._decisions.popitem(last=False)
+        await self._write(row)
+
+    async def record_outcome(
+        self,
+        decision_id: str,
+        outcome: Outcome,
+        *,
+        latency_ms: float | None = None,
+        is_error: bool | None = None,
+        result: Any = None,
+        detail: str = "",
+    ) -> None:
+        """What happened to a decided call; stores a digest of the result, never the result."""
+        row = outcome_row(
+            self.redactor,
+            decision_id=decision_id,
+            outcome=outcome,
+            latency_ms=latency_ms,
+            is_error=is_error,
+            result=result,
+            detail=detail,
+            context=self._decisions.pop(decision_id, None),
+            when=utcnow(),
+        )
+        await self._write(row)
+
+    async def record_session_end(self, session_id: str, *, reason: str = "") -> None:
+        """A session closed."""
+        row = session_end_row(
+            self.redactor,
+            session_id=session_id,
+            reason=reason,
+            context=self._sessions.pop(session_id, None),
+            when=utcnow(),
+        )
+        await self._write(row)
+
+    async def aclose(self) -> None:
+        """Wait for pending writes, then close the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            await asyncio.wait({flusher})
+        await self.engine.dispose()
+
+    async def _write(self, row: dict[str, Any]) -> None:
+        if self._closed:
+            raise AuditWriteError("the audit store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        row["instance"] = self.instance
+        self._pending.append((row, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_loop())
+        await future
+
+    async def _flush_loop(self) -> None:
+        while self._pending:
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            error: BaseException | None = None
+            try:
+                await self._commit([row for row, _ in batch])
+            except BaseException as exc:  # every waiter of the batch must hear of it
+                error = exc
+                self._head = None
+                self._head_known = False
+            for _, future in batch:
+                if future.done():
+                    continue  # the caller was cancelled
+                if error is None:
+                    future.set_result(None)
+                elif isinstance(error, AuditWriteError):
+                    future.set_exception(error)
+                else:
+                    wrapped = AuditWriteError(f"audit commit failed: {_why(error)}")
+                    wrapped.__cause__ = error
+                    future.set_exception(wrapped)
+            if error is not None and not isinstance(error, Exception):
+                for _, future in self._pending:
+                    if not future.done():
+                        future.set_exception(AuditWriteError("the audit writer was stopped"))
+                self._pending.clear()
+                raise error
+
+    async def _commit(self, rows: list[dict[str, Any]]) -> None:
+        for _ in range(_RETRIES):
+            try:
+                async with self.engine.connect() as conn:
+                    conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+                    async with conn.begin():
+                        head = await self._chain(conn, rows)
+                self._head = head
+                self._head_known = True
+                self.commits += 1
+                return
+            except (_ChainConflict, IntegrityError):
+                self._head = None  # someone else advanced this chain: reload and retry
+                self._head_known = False
+        raise AuditWriteError(
+            f"audit chain {self.instance!r} kept changing under this writer: another process "
+            "is writing with the same instance id"
+        )
+
+    async def _chain(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> tuple[int, str]:
+        head = self._head
+        if head is None:
+            found = (
+                await conn.execute(
+                    select(audit_chains.c.seq, audit_chains.c.hash)
+                    .where(audit_chains.c.instance == self.instance)
+                    .with_for_update()
+                )
+            ).first()
+            self._head_known = found is not None
+            head = (int(found.seq), str(found.hash)) if found is not None else (0, "0" * 64)
+        seq, prev = head
+        chained = []
+        for row in rows:
+            seq += 1
+            values = dict(row, seq=seq, prev_hash=prev)
+            prev = values["hash"] = event_hash(prev, [values[c] for c in HASHED_COLUMNS])
+            chained.append(values)
+        await conn.execute(insert(audit_events), chained)
+        now = time_text(utcnow())
+        if self._head_known:
+            result = await conn.execute(
+                update(audit_chains)
+                .where(audit_chains.c.instance == self.instance, audit_chains.c.seq == head[0])
+                .values(seq=seq, hash=prev, updated=now)
+            )
+            if result.rowcount != 1:
+                raise _ChainConflict()
+        else:
+            await conn.execute(
+                insert(audit_chains).values(instance=self.instance, seq=seq, hash=prev, updated=now)
+            )
+        return seq, prev
+
+
+def _why(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return (
+        str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else type(exc).__name__
+    )
+
+
+def open_store(
+    url: str | None = None,
+    *,
+    instance: str | None = None,
+    redaction: RedactionConfig | None = None,
+    create: bool = True,
+) -> AbstractAsyncContextManager[AuditStore]:
+    """Open the audit store at `url` (default `default_audit_url()`), creating or migrating
+    its schema; `instance` is this writer's chain id (default `host:pid`). With create=False a
+    missing database is an `AuditError` instead of being created (for readers such as the CLI).
+    """
+    return _open_store(url, instance=instance, redaction=redaction, create=create)
+
+
+@asynccontextmanager
+async def _open_store(
+    url: str | None,
+    *,
+    instance: str | None,
+    redaction: RedactionConfig | None,
+    create: bool,
+) -> AsyncIterator[AuditStore]:
+    store = await AuditStore.open(url, instance=instance, redaction=redaction, create=create)
+    try:
+        yield store
+    finally:
+        await store.aclose()
