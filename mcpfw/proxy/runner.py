@@ -1,0 +1,214 @@
+"""`mcpfw run`'s engine: wire the stdio front, an upstream, the guard and the audit store.
+
+Startup is ordered for the time to the agent's first answer (agents start many firewalls at
+once): the rules are compiled first (a broken rule file must stop us before anything starts),
+then the upstream is spawned and the relay starts at once, while the audit store (SQLAlchemy,
+the heaviest import) is imported in a worker thread and opened in the background. `initialize`
+and `server/discover` never wait for it; the first `tools/call` does. If the store cannot be
+opened, every call is denied with the reason (fail closed) unless `audit_failure` is `allow`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from mcpfw.model import Agent, new_id
+from mcpfw.proxy.guard import Guard, GuardSession, GuardSettings
+from mcpfw.proxy.messages import InvalidMessage, Message
+from mcpfw.proxy.relay import Relay
+from mcpfw.proxy.reload import RuleHolder
+from mcpfw.proxy.stdio import Channel, stdio_front
+from mcpfw.proxy.upstream import UpstreamStartError, http_upstream, stdio_upstream
+
+if TYPE_CHECKING:
+    from mcpfw.audit import AuditStore
+
+__all__ = ["RunOptions", "dead_upstream", "run_stdio"]
+
+log = logging.getLogger("mcpfw.run")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunOptions:
+    """Everything `mcpfw run` needs, resolved from flags and the config file."""
+
+    agent: Agent
+    rules: RuleHolder  # already loaded
+    settings: GuardSettings
+    audit_url: str | None = None  # None: the default SQLite file
+    redact: tuple[str, ...] = ()
+    detect_secrets: bool = True
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None  # None: this process's environment
+    cwd: str | None = None
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    call_timeout_s: float = 300.0
+    reload_interval_s: float = 1.0
+
+
+class Later(Generic[T]):
+    """A value that arrives later; `get()` waits for it."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: T | None = None
+
+    def set(self, value: T) -> None:
+        self._value = value
+        self._event.set()
+
+    async def get(self) -> T:
+        await self._event.wait()
+        assert self._value is not None
+        return self._value
+
+
+@contextlib.asynccontextmanager
+async def dead_upstream(name: str, reason: str) -> AsyncIterator[Channel]:
+    """A channel to an upstream that is already gone: every request is answered with `reason`."""
+    send, recv = anyio.create_memory_object_stream[Message | InvalidMessage](0)
+    out_send, out_recv = anyio.create_memory_object_stream[Message](0)
+    await send.aclose()
+    channel = Channel(read=recv, write=out_send, name=name, gone_reason=reason)
+    try:
+        yield channel
+    finally:
+        await out_recv.aclose()
+
+
+def _connector(options: RunOptions) -> contextlib.AbstractAsyncContextManager[Channel]:
+    name = options.settings.server or "upstream"
+    if options.url:
+        return http_upstream(options.url, headers=options.headers, name=name)
+    return stdio_upstream(options.command, env=options.env, cwd=options.cwd, name=name)
+
+
+async def _keep_store(
+    options: RunOptions,
+    ready: Later[tuple[AuditStore | None, str]],
+    stop: anyio.Event,
+    closed: anyio.Event,
+) -> None:
+    """Open the audit store in the background and keep it open until `stop`."""
+    try:
+        audit: Any = await anyio.to_thread.run_sync(importlib.import_module, "mcpfw.audit")
+        redaction = audit.RedactionConfig(
+            pointers=options.redact, detect_secrets=options.detect_secrets
+        )
+        async with audit.open_store(options.audit_url, redaction=redaction) as store:
+            ready.set((store, ""))
+            await stop.wait()
+    except Exception as exc:  # boundary: whatever stops the store, calls fail closed with why
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("the audit log cannot be opened (%s): tool calls will be denied", reason)
+        if not ready._event.is_set():
+            ready.set((None, reason))
+    finally:
+        closed.set()
+
+
+async def _signals(holder: RuleHolder, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await holder.reload_if_changed(force=True)
+            else:
+                log.info("stopping on %s", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+
+async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
+    """Serve one agent on stdio until it disconnects; returns the exit status."""
+    session_ready: Later[GuardSession] = Later()
+    store_ready: Later[tuple[AuditStore | None, str]] = Later()
+    stop_store, store_closed = anyio.Event(), anyio.Event()
+    status = 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_keep_store, options, store_ready, stop_store, store_closed)
+        tg.start_soon(options.rules.watch, options.reload_interval_s)
+
+        async def start_session() -> None:
+            store, error = await store_ready.get()
+            guard = Guard(
+                rules=options.rules, store=store, settings=options.settings, store_error=error
+            )
+            session = await guard.open_session(
+                agent=options.agent,
+                session_id=new_id(),
+                detail={
+                    "transport": "stdio",
+                    "upstream": options.url or " ".join(options.command),
+                    "rules_revision": options.rules.current.revision,
+                    "mode": "monitor" if options.settings.monitor else "enforce",
+                },
+            )
+            session_ready.set(session)
+
+        tg.start_soon(start_session)
+        with anyio.CancelScope() as serving:
+            tg.start_soon(_signals, options.rules, serving)
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    upstream = await stack.enter_async_context(_connector(options))
+                except UpstreamStartError as exc:
+                    log.error("%s", exc)
+                    status = 1
+                    name = options.settings.server or "upstream"
+                    upstream = await stack.enter_async_context(dead_upstream(name, str(exc)))
+                client = await stack.enter_async_context(
+                    front if front is not None else stdio_front()
+                )
+                relay = Relay(
+                    client=client,
+                    upstream=upstream,
+                    session=session_ready.get,
+                    call_timeout_s=options.call_timeout_s,
+                )
+                await relay.run()
+                if relay.dead and relay.dead != "exited with code 0":
+                    status = status or 1
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(10):
+                ended = await session_ready.get()
+                await ended.close("client disconnected")
+                if ended.guard.fail_open_count:
+                    log.error(
+                        "%d call(s) were forwarded without an audit record (audit_failure: allow)",
+                        ended.guard.fail_open_count,
+                    )
+            stop_store.set()
+            with anyio.move_on_after(10):
+                await store_closed.wait()
+        tg.cancel_scope.cancel()
+    return status
+
+
+def configure_logging(level: str = "info") -> None:
+    """mcpfw's own log lines go to stderr (stdout is the protocol)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="mcpfw: %(levelname)s: %(message)s",
+    )
+
+
+def split_headers(values: Sequence[str]) -> dict[str, str]:
+    """`K: V` strings into a dict; raises ValueError naming the bad one."""
+    headers: dict[str, str] = {}
+    for value in values:
+        key, sep, rest = value.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"--upstream-header {value!r}: expected 'Name: value'")
+        headers[key.strip()] = rest.strip()
+    return headers
