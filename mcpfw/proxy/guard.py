@@ -74,7 +74,10 @@ __all__ = [
     "GuardSettings",
     "RuleSource",
     "Verdict",
+    "ask_prompt",
+    "client_can_elicit_modern",
     "denial_text",
+    "elicit_params",
 ]
 
 log = logging.getLogger("mcpfw.guard")
@@ -158,7 +161,8 @@ def ask_prompt(call: ToolCall, decision: Decision) -> str:
     )
 
 
-def _elicit_params(call: ToolCall, decision: Decision) -> dict[str, Any]:
+def elicit_params(call: ToolCall, decision: Decision) -> dict[str, Any]:
+    """The `elicitation/create` params that ask a human to approve one call."""
     return {
         "message": ask_prompt(call, decision),
         "requestedSchema": {"type": "object", "properties": {}},
@@ -427,7 +431,7 @@ class GuardSession:
             "inputRequests": {
                 APPROVAL_KEY: {
                     "method": "elicitation/create",
-                    "params": _elicit_params(base.call, base.decision),
+                    "params": elicit_params(base.call, base.decision),
                 }
             },
             "requestState": state,
@@ -574,6 +578,9 @@ class GuardSession:
             await self.guard.store.record_session_end(self.session_id, reason=reason)
         except Exception as exc:  # shutting down: log and carry on
             log.error("audit: cannot record session end: %s", exc)
+
+
+_elicit_params = elicit_params  # the name mcpfw.proxy.http_gate imports
 
 
 def client_can_elicit_modern(params: Any) -> bool:

@@ -34,8 +34,8 @@ from mcpfw.proxy.guard import (
     AskAnswer,
     GuardSession,
     Verdict,
-    _elicit_params,
     client_can_elicit_modern,
+    elicit_params,
 )
 from mcpfw.proxy.messages import (
     INVALID_REQUEST,
@@ -372,7 +372,7 @@ class Relay:
                     "jsonrpc": "2.0",
                     "id": own_id,
                     "method": "elicitation/create",
-                    "params": _elicit_params(call, decision),
+                    "params": elicit_params(call, decision),
                 }
             )
             await ask.done.wait()
