@@ -13,6 +13,20 @@ layer free of upward imports) and creates them explicitly:
 
     MIGRATIONS.append(Migration(version=2, description="tool pins", apply=_v2_tool_pins))
 
+
+def _v3_session_recordings(conn: Connection) -> None:
+    from mcpfw.recording.store import (  # owned by mcpfw/recording (issue 6)
+        recording_messages,
+        recording_sessions,
+    )
+
+    metadata.create_all(conn, tables=[recording_sessions, recording_messages], checkfirst=True)
+
+
+MIGRATIONS.append(
+    Migration(version=3, description="session recordings", apply=_v3_session_recordings)
+)
+
 Changing a table that an earlier step created needs an ALTER in the new step. Opening a
 database written by a newer mcpfw (a version above `latest_version()`) is refused rather than
 misread.
@@ -64,6 +78,20 @@ def _v2_tool_pins(conn: Connection) -> None:
 
 
 MIGRATIONS.append(Migration(version=2, description="tool pins", apply=_v2_tool_pins))
+
+
+def _v3_session_recordings(conn: Connection) -> None:
+    from mcpfw.recording.store import (  # owned by mcpfw/recording (issue 6)
+        recording_messages,
+        recording_sessions,
+    )
+
+    metadata.create_all(conn, tables=[recording_sessions, recording_messages], checkfirst=True)
+
+
+MIGRATIONS.append(
+    Migration(version=3, description="session recordings", apply=_v3_session_recordings)
+)
 
 
 def latest_version() -> int:

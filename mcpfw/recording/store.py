@@ -52,6 +52,7 @@ __all__ = [
     "import_recording",
     "insert_messages",
     "insert_session",
+    "link_decision",
     "list_sessions",
     "load_recording",
     "recording_messages",
@@ -167,6 +168,19 @@ async def insert_messages(
         return
     async with engine.begin() as conn:
         await conn.execute(insert(recording_messages), [_message_row(session_id, r) for r in rows])
+
+
+async def link_decision(
+    engine: AsyncEngine, session_id: str, seq: int, decision: RecordedDecision
+) -> None:
+    """Attach a decision to a message that was written before the decision was made."""
+    m = recording_messages
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(m)
+            .where(m.c.session_id == session_id, m.c.seq == seq)
+            .values(decision_id=decision.id, decision=canonical_json(decision.to_json()))
+        )
 
 
 async def end_session(engine: AsyncEngine, session_id: str, ended: datetime, reason: str) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mcpfw.audit.redaction import Redactor as AuditRedactor
 from mcpfw.model import Agent, Decision, utcnow
 from mcpfw.recording.format import Direction, RecordedDecision, SessionHeader
-from mcpfw.recording.store import end_session, insert_messages, insert_session
+from mcpfw.recording.store import end_session, insert_messages, insert_session, link_decision
 
 __all__ = ["SessionRecorder", "message_redactor", "open_recorder", "to_json_message"]
 
@@ -79,23 +79,23 @@ def to_json_message(message: Any) -> dict[str, Any]:
 
 
 class SessionRecorder:
-    """Queues a session's messages and writes them in order, in batches."""
+    """Queues a session's messages and writes them in order, in batches.
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        header: SessionHeader,
-        *,
-        redact: Redactor,
-        batch_size: int = 256,
-    ) -> None:
-        self.engine = engine
-        self.header = header
-        self._redact = redact
+    It can be created before the database is open (the relay starts at once, the audit store
+    opens in the background): messages queue until `start()` names the engine and session.
+    """
+
+    def __init__(self, *, batch_size: int = 256) -> None:
+        self.engine: AsyncEngine | None = None
+        self.header: SessionHeader | None = None
+        self._redact: Redactor | None = None
         self._batch_size = batch_size
         self._queue: list[dict[str, Any]] = []
+        self._queued: dict[int, dict[str, Any]] = {}  # seq -> queued item (for attach)
+        self._late: list[tuple[int, RecordedDecision]] = []  # links for rows already written
         self._seq = 0
         self._wake = anyio.Event()
+        self._started = anyio.Event()
         self._closed = False
         self._lock = anyio.Lock()
         self.written = 0
@@ -103,8 +103,8 @@ class SessionRecorder:
 
     @property
     def session_id(self) -> str:
-        """The recorded session's id."""
-        return self.header.session_id
+        """The recorded session's id ("" before `start`)."""
+        return self.header.session_id if self.header is not None else ""
 
     def record(
         self,
@@ -118,44 +118,76 @@ class SessionRecorder:
     ) -> int:
         """Queue one message in relay order; returns its sequence number. Never blocks."""
         if self._closed:
-            raise RuntimeError("recorder is closed")
+            return 0  # the session is over; late stragglers are not part of it
         self._seq += 1
-        if decision is not None:
-            decision_id = decision.id
-        self._queue.append(
-            {
-                "seq": self._seq,
-                "time": time or utcnow(),
-                "direction": Direction(direction).value,
-                "message": to_json_message(message),
-                "decision_id": decision_id,
-                "decision": None if decision is None else RecordedDecision.from_decision(decision),
-                "source": source,
-            }
-        )
+        item = {
+            "seq": self._seq,
+            "time": time or utcnow(),
+            "direction": Direction(direction).value,
+            "message": to_json_message(message),
+            "decision_id": decision.id if decision is not None else decision_id,
+            "decision": None if decision is None else RecordedDecision.from_decision(decision),
+            "source": source,
+        }
+        self._queue.append(item)
+        self._queued[self._seq] = item
         if len(self._queue) >= self._batch_size:
             self._wake.set()
         return self._seq
 
+    def attach(self, seq: int, decision: Decision) -> None:
+        """Link an already recorded message (a tools/call request) to its decision."""
+        if seq <= 0:
+            return
+        recorded = RecordedDecision.from_decision(decision)
+        item = self._queued.get(seq)
+        if item is not None:
+            item["decision_id"] = decision.id
+            item["decision"] = recorded
+        else:
+            self._late.append((seq, recorded))
+
+    async def start(self, engine: AsyncEngine, header: SessionHeader, *, redact: Redactor) -> None:
+        """Create the session row; from now on queued messages are written."""
+        claims, _ = redact(dict(header.agent.claims))
+        a = header.agent
+        self.header = SessionHeader(
+            session_id=header.session_id,
+            agent=Agent(id=a.id, roles=a.roles, claims=claims, transport=a.transport),
+            server=header.server,
+            started=header.started,
+            instance=header.instance,
+            note=header.note,
+        )
+        self._redact = redact
+        await insert_session(engine, self.header)
+        self.engine = engine
+        self._started.set()
+        self._wake.set()
+
     async def flush(self) -> None:
-        """Write everything queued so far."""
+        """Write everything queued so far (nothing before `start`)."""
+        if self.engine is None or self._redact is None:
+            return
         async with self._lock:
-            while self._queue:
+            while self._queue or self._late:
                 batch, self._queue = self._queue, []
+                late, self._late = self._late, []
                 rows = []
                 for item in batch:
-                    redacted, pointers = self._redact(item.pop("message"))
+                    self._queued.pop(item["seq"], None)
+                    redacted, pointers = self._redact(item["message"])
                     rows.append({**item, "message": redacted, "redacted": pointers})
                 try:
                     await insert_messages(self.engine, self.session_id, rows)
+                    for seq, decision in late:
+                        await link_decision(self.engine, self.session_id, seq, decision)
                 except (SQLAlchemyError, OSError) as exc:
                     self.dropped += len(rows)
                     log.error(
-                        "recording of session %s lost %d messages (seq %d..%d): %s",
+                        "recording of session %s lost %d messages: %s",
                         self.session_id,
                         len(rows),
-                        rows[0]["seq"],
-                        rows[-1]["seq"],
                         exc,
                     )
                 else:
@@ -163,6 +195,7 @@ class SessionRecorder:
 
     async def run(self, *, interval: float = 0.2) -> None:
         """Background flusher: write a batch when it is full or every `interval` seconds."""
+        await self._started.wait()
         while not self._closed:
             with anyio.move_on_after(interval):
                 await self._wake.wait()
@@ -170,9 +203,18 @@ class SessionRecorder:
             await self.flush()
 
     async def aclose(self, *, reason: str = "") -> None:
-        """Write what is left and mark the session ended."""
+        """Write what is left and mark the session ended (drops it if never started)."""
         self._closed = True
         self._wake.set()
+        if self.engine is None:
+            if self._queue:
+                log.error(
+                    "recording: %d messages not written (the audit store never opened)",
+                    len(self._queue),
+                )
+                self.dropped += len(self._queue)
+                self._queue.clear()
+            return
         with anyio.CancelScope(shield=True):
             await self.flush()
             try:
@@ -193,17 +235,16 @@ async def open_recorder(
     note: str = "",
 ) -> AsyncIterator[SessionRecorder]:
     """Start recording a session; the recorder flushes in the background until exit."""
-    claims, _ = redact(dict(agent.claims))
     header = SessionHeader(
         session_id=session_id,
-        agent=Agent(id=agent.id, roles=agent.roles, claims=claims, transport=agent.transport),
+        agent=agent,
         server=server,
         started=utcnow(),
         instance=instance,
         note=note,
     )
-    await insert_session(engine, header)
-    recorder = SessionRecorder(engine, header, redact=redact)
+    recorder = SessionRecorder()
+    await recorder.start(engine, header, redact=redact)
     async with anyio.create_task_group() as tg:
         tg.start_soon(recorder.run)
         try:

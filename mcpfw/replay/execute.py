@@ -7,7 +7,8 @@ Calls whose recorded arguments were redacted are never sent: the upstream would 
 the redaction marker instead of the value. Results are compared in two ways:
 
 - digest: sha256 of the canonical JSON of the result's `content`, `structuredContent` and
-  `isError` (the live result is redacted first, like the recording was);
+  `isError` (the live result is redacted first, like the recording was); for a call known
+  only from the audit log, the audit's own digest of the whole raw result;
 - content: the same three parts compared field by field, naming the parts that differ.
 """
 
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from mcpfw.audit.events import digest as audit_digest
 from mcpfw.model import Decision, Effect
 from mcpfw.policy import RuleSet, evaluate
 from mcpfw.recording.format import canonical_json
@@ -135,6 +137,8 @@ def _compare(
             live=shown,
         )
     if rc.result is None:
+        # The audit log keeps `sha256:` + the digest of the whole raw result (unredacted).
+        live_digest = audit_digest(dict(live))
         same = rc.result_digest == live_digest
         return ExecResult(
             call=rc,

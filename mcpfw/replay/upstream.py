@@ -61,13 +61,21 @@ async def connect_upstream(
             f"cannot connect to the upstream {what}: {type(exc).__name__}: {exc}"
         ) from None
 
+    import mcp_types
+    from pydantic import TypeAdapter
+
+    raw_result: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
     async def call(name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        # The raw result, not the SDK's typed model: the audit log digests what the upstream
+        # sent, and re-modelling would add or drop fields.
+        request = mcp_types.CallToolRequest(
+            params=mcp_types.CallToolRequestParams(name=name, arguments=dict(arguments))
+        )
         try:
-            result = await client.call_tool(name, dict(arguments))
+            return await client.session.send_request(request, raw_result)
         except MCPError as exc:
             raise UpstreamCallError(f"upstream error {exc.code}: {exc.message}") from None
-        dumped: dict[str, Any] = result.model_dump(by_alias=True, exclude_none=True, mode="json")
-        return dumped
 
     try:
         yield call
