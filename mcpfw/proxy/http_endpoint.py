@@ -44,6 +44,10 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 _ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 _MAX_PAGES = 100
+# 2026-07-28 results that carry cache hints (ttlMs, cacheScope)
+_CACHEABLE = frozenset(
+    {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
+)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -173,8 +177,14 @@ class Endpoint:
             )
         else:
             response = await self._relay(ctx, method, params)
-        if ctx.modern and isinstance(response.get("result"), dict):
-            response["result"].setdefault("resultType", "complete")
+        result = response.get("result")
+        if ctx.modern and isinstance(result, dict):
+            result.setdefault("resultType", "complete")
+            if method in _CACHEABLE:
+                result.setdefault("ttlMs", 0)
+                # tools/list is filtered per agent, so never shared across agents' caches
+                if method == "tools/list" or "cacheScope" not in result:
+                    result["cacheScope"] = "private"
         response["jsonrpc"] = "2.0"
         response["id"] = request_id
         return response
