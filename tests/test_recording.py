@@ -247,3 +247,26 @@ async def test_the_recorder_accepts_sdk_messages_as_relayed(tmp_path: Path) -> N
         "method": "x/unknown",
         "params": {"extra": {"kept": True}},
     }
+
+
+def test_tool_schemas_keep_property_names_that_look_like_secrets() -> None:
+    redact = message_redactor(Redactor())
+    schema = {"type": "object", "properties": {"token": {"type": "string"}}}
+    listing = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "result": {
+            "tools": [
+                {
+                    "name": "fetch",
+                    "inputSchema": schema,
+                    "description": "example key AKIAABCDEFGHIJKLMNOP",
+                }
+            ]
+        },
+    }
+    out, paths = redact(listing)
+    tool = out["result"]["tools"][0]
+    assert tool["inputSchema"] == schema
+    assert "AKIAABCDEFGHIJKLMNOP" not in tool["description"]
+    assert paths == ("/result/tools/0/description",)

@@ -57,6 +57,8 @@ def server_name(command: tuple[str, ...]) -> str:
 @click.option("--ask-timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for approval.")
 @click.option("--call-timeout", type=click.FloatRange(min=0.1), help="Upstream per-call timeout.")
 @click.option("--reload-interval", type=click.FloatRange(min=0.05), default=1.0, hidden=True)
+@click.option("--record/--no-record", default=None,
+              help="Record the session's messages (default: config `record`).")  # fmt: skip
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", help="stderr log level.")  # fmt: skip
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -170,4 +172,5 @@ def resolve(opts: dict[str, Any]) -> Any:
         headers=headers,
         call_timeout_s=opts["call_timeout"] or call_timeout,
         reload_interval_s=opts["reload_interval"],
+        record=opts["record"] if opts.get("record") is not None else config.records(agent_id),
     )

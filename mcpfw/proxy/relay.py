@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -62,6 +62,16 @@ SessionSource = Callable[[], Awaitable[GuardSession]]
 TIMEOUT_CODE = -32001  # same band the SDK uses for a request that timed out
 
 
+class Recorder(Protocol):
+    """Session recording (`mcpfw.recording.SessionRecorder`): never blocks the relay."""
+
+    def record(
+        self, direction: str, message: Any, *, decision: Decision | None = ..., source: str = ...
+    ) -> int: ...
+
+    def attach(self, seq: int, decision: Decision) -> None: ...
+
+
 @dataclass(slots=True)
 class _Pending:
     method: str
@@ -91,6 +101,7 @@ class Relay:
         shutdown_grace_s: float = 10.0,
         observers: tuple[Observer, ...] = (),
         tools_list_hooks: tuple[ToolsListHook, ...] = (),
+        recorder: Recorder | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -99,6 +110,8 @@ class Relay:
         self.shutdown_grace_s = shutdown_grace_s
         self.observers = observers
         self.tools_list_hooks = tools_list_hooks
+        self.recorder = recorder  # records what the client sent and received, in order
+        self._call_seq: dict[Any, int] = {}  # tools/call id -> its recorded seq (for the link)
         self.dead = ""  # why the upstream is unusable, once it is
         self.client_caps: dict[str, Any] = {}
         self.negotiated_version: str | None = None
@@ -116,7 +129,12 @@ class Relay:
     async def _session(self) -> GuardSession:
         return await self._session_source()
 
-    async def _to_client(self, message: Message) -> None:
+    async def _to_client(
+        self, message: Message, *, source: str = "firewall", decision: Decision | None = None
+    ) -> None:
+        # source "": relayed from the upstream; "firewall": mcpfw's own answer or request.
+        if self.recorder is not None:
+            self.recorder.record("s2c", message, decision=decision, source=source)
         for observe in self.observers:
             observe("client", message)
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -168,6 +186,10 @@ class Relay:
                     log.warning("client sent an invalid message: %s", item.error)
                     await self._to_client(error_response(None, item.code, item.error))
                     continue
+                if self.recorder is not None:
+                    seq = self.recorder.record("c2s", item)
+                    if item.get("method") == "tools/call" and "id" in item:
+                        self._call_seq[item["id"]] = seq
                 kind = classify(item)
                 if kind == "request":
                     await self._client_request(item)
@@ -185,13 +207,13 @@ class Relay:
     async def _client_request(self, message: Message) -> None:
         rid = message["id"]
         method = message["method"]
-        if self.dead:
-            await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
-            return
-        if method == "tools/call":
+        if method == "tools/call":  # decided and recorded even when the upstream is gone
             assert self._tg is not None
             self._guarding.add(rid)
             self._tg.start_soon(self._call, message)
+            return
+        if self.dead:
+            await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
             return
         if method == "initialize":
             params = message.get("params")
@@ -256,9 +278,9 @@ class Relay:
                     elif kind == "request" and item["id"] in self._own:
                         alias = f"mcpfw-up-{new_id()}"
                         self._aliases[alias] = item["id"]
-                        await self._to_client({**item, "id": alias})
+                        await self._to_client({**item, "id": alias}, source="")
                     else:
-                        await self._to_client(item)
+                        await self._to_client(item, source="")
         finally:
             with anyio.CancelScope(shield=True):
                 await self._upstream_gone()
@@ -280,7 +302,8 @@ class Relay:
             elif pending.verdict is not None:
                 session = await self._session()
                 message = session.rewrite_response(pending.verdict, message)
-        await self._to_client(message)
+        decision = pending.verdict.decision if pending is not None and pending.verdict else None
+        await self._to_client(message, source="", decision=decision)
         if pending is not None:
             pending.response = message
             pending.done.set()
@@ -320,6 +343,9 @@ class Relay:
             verdict = await session.check(message, era=era, can_elicit=can_elicit, ask=self._ask)
         finally:
             self._guarding.discard(rid)
+            seq = self._call_seq.pop(rid, 0)
+        if self.recorder is not None and verdict.decision is not None:
+            self.recorder.attach(seq, verdict.decision)
         cancelled = rid in self._cancelled
         self._cancelled.discard(rid)
         if cancelled:
@@ -329,7 +355,7 @@ class Relay:
             return
         if verdict.forward is None:
             assert verdict.response is not None
-            await self._to_client(verdict.response)
+            await self._to_client(verdict.response, decision=verdict.decision)
             await session.finish(verdict)
             return
         pending = _Pending("tools/call", verdict=verdict)

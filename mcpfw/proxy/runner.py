@@ -55,6 +55,7 @@ class RunOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     call_timeout_s: float = 300.0
     reload_interval_s: float = 1.0
+    record: bool = False  # record every message of the session (mcpfw.recording)
 
 
 class Later(Generic[T]):
@@ -135,6 +136,7 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
     store_ready: Later[tuple[AuditStore | None, str]] = Later()
     stop_store, store_closed = anyio.Event(), anyio.Event()
     status = 0
+    recorder = _recorder() if options.record else None
     async with anyio.create_task_group() as tg:
         tg.start_soon(_keep_store, options, store_ready, stop_store, store_closed)
         tg.start_soon(options.rules.watch, options.reload_interval_s)
@@ -155,6 +157,8 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
                 },
             )
             session_ready.set(session)
+            if recorder is not None and store is not None:
+                tg.start_soon(_start_recording, recorder, store, session, options)
 
         tg.start_soon(start_session)
         with anyio.CancelScope() as serving:
@@ -163,9 +167,9 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
                 try:
                     upstream = await stack.enter_async_context(_connector(options))
                 except UpstreamStartError as exc:
-                    log.error("%s", exc)
-                    status = 1
                     name = options.settings.server or "upstream"
+                    log.error("upstream '%s' %s", name, exc)
+                    status = 1
                     upstream = await stack.enter_async_context(dead_upstream(name, str(exc)))
                 client = await stack.enter_async_context(
                     front if front is not None else stdio_front()
@@ -175,6 +179,7 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
                     upstream=upstream,
                     session=session_ready.get,
                     call_timeout_s=options.call_timeout_s,
+                    recorder=recorder,
                 )
                 await relay.run()
                 if relay.dead and relay.dead != "exited with code 0":
@@ -188,11 +193,44 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
                         "%d call(s) were forwarded without an audit record (audit_failure: allow)",
                         ended.guard.fail_open_count,
                     )
+            if recorder is not None:
+                with anyio.move_on_after(10):
+                    await recorder.aclose(reason="client disconnected")
             stop_store.set()
             with anyio.move_on_after(10):
                 await store_closed.wait()
         tg.cancel_scope.cancel()
     return status
+
+
+def _recorder() -> Any:
+    from mcpfw.recording.writer import SessionRecorder
+
+    return SessionRecorder()
+
+
+async def _start_recording(
+    recorder: Any, store: AuditStore, session: GuardSession, options: RunOptions
+) -> None:
+    """Open the recorded session (messages so far are queued) and flush until closed."""
+    from mcpfw.model import utcnow
+    from mcpfw.recording.format import SessionHeader
+    from mcpfw.recording.writer import message_redactor
+
+    header = SessionHeader(
+        session_id=session.session_id,
+        agent=options.agent,
+        server=options.settings.server,
+        started=utcnow(),
+        instance=store.instance,
+        note=options.url or " ".join(options.command),
+    )
+    try:
+        await recorder.start(store.engine, header, redact=message_redactor(store.redactor))
+    except Exception as exc:  # boundary: recording is evidence, never a reason to stop serving
+        log.error("recording: cannot start recording session %s: %s", session.session_id, exc)
+        return
+    await recorder.run()
 
 
 def configure_logging(level: str = "info") -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mcpfw.audit.redaction import Redactor as AuditRedactor
+from mcpfw.audit.redaction import redact_text
 from mcpfw.model import Agent, Decision, utcnow
 from mcpfw.recording.format import Direction, RecordedDecision, SessionHeader
 from mcpfw.recording.store import end_session, insert_messages, insert_session, link_decision
@@ -33,16 +34,58 @@ log = logging.getLogger("mcpfw.recording")
 Redactor = Callable[[Any], tuple[Any, tuple[str, ...]]]
 
 
+_SCHEMA_KEYS = ("inputSchema", "outputSchema")
+
+
+def _text_only(value: Any, path: str, masked: list[str]) -> Any:
+    """Secret-shaped text masked, key names left alone (for JSON schemas, whose property
+    names such as `token` or `password` describe arguments rather than hold secrets)."""
+    if isinstance(value, str):
+        text, kinds = redact_text(value)
+        if kinds:
+            masked.append(path)
+        return text
+    if isinstance(value, Mapping):
+        return {
+            k: _text_only(v, f"{path}/{str(k).replace('~', '~0').replace('/', '~1')}", masked)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_text_only(v, f"{path}/{i}", masked) for i, v in enumerate(value)]
+    return value
+
+
+def _split_schemas(message: Mapping[str, Any]) -> tuple[Any, list[tuple[int, str, Any]]]:
+    """A tools/list result without its tools' schemas, and the schemas taken out."""
+    result = message.get("result")
+    tools = result.get("tools") if isinstance(result, Mapping) else None
+    if not isinstance(result, Mapping) or not isinstance(tools, list):
+        return message, []
+    taken: list[tuple[int, str, Any]] = []
+    stripped: list[Any] = []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, Mapping):
+            taken.extend((i, k, tool[k]) for k in _SCHEMA_KEYS if k in tool)
+            tool = {k: v for k, v in tool.items() if k not in _SCHEMA_KEYS}
+        stripped.append(tool)
+    return {**message, "result": {**result, "tools": stripped}}, taken
+
+
 def message_redactor(redactor: AuditRedactor) -> Redactor:
     """Redact whole JSON-RPC messages the way the audit log redacts a call.
 
     The secret detectors run over the whole message; the configured JSON pointers (which
     point into a call's arguments) apply to `params.arguments` of a `tools/call` request, so
-    a recorded request is masked exactly like its decision event.
+    a recorded request is masked exactly like its decision event. Tool schemas in a
+    `tools/list` result only get secret-shaped text masked: their property names (`token`,
+    `password`) describe arguments, and masking them would break the recorded tool list.
     """
 
     def redact(message: Any) -> tuple[Any, tuple[str, ...]]:
-        params = message.get("params") if isinstance(message, Mapping) else None
+        if not isinstance(message, Mapping):
+            whole = redactor.redact(message, use_pointers=False)
+            return whole.value, whole.paths
+        params = message.get("params")
         if (
             message.get("method") == "tools/call"
             and isinstance(params, Mapping)
@@ -57,8 +100,16 @@ def message_redactor(redactor: AuditRedactor) -> Redactor:
             out["params"] = {**out["params"], "arguments": args.value}
             paths = rest.paths + tuple("/params/arguments" + p for p in args.paths)
             return out, paths
-        whole = redactor.redact(message, use_pointers=False)
-        return whole.value, whole.paths
+        stripped, schemas = _split_schemas(message)
+        whole = redactor.redact(stripped, use_pointers=False)
+        if not schemas:
+            return whole.value, whole.paths
+        masked: list[str] = []
+        value = whole.value
+        tools = value["result"]["tools"]
+        for i, key, schema in schemas:
+            tools[i][key] = _text_only(schema, f"/result/tools/{i}/{key}", masked)
+        return value, whole.paths + tuple(masked)
 
     return redact
 
