@@ -96,9 +96,7 @@ async def stdio_upstream(
         )
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise UpstreamStartError(
-            f"upstream command {command[0]!r} could not be started: {reason}"
-        ) from exc
+        raise UpstreamStartError(f"could not be started: {command[0]}: {reason}") from exc
     to_relay, from_upstream = anyio.create_memory_object_stream[Message | InvalidMessage](
         STREAM_BUFFER
     )
