@@ -6,7 +6,14 @@
 - `sanitize_tool(tool)`: descriptions without ANSI, control, invisible or bidi characters.
 - `compare(pins, tools)`: pure drift detection; `PinStore`: pins in the audit database.
 - `PinChecker`: the runtime hook used by the relay (`tools/list`) and the guard (`tools/call`).
+
+`PinStore`, `PinEvent` and `open_pin_store` are imported on first use: they pull in SQLAlchemy,
+which `mcpfw run` must not pay for before its first answer.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from mcpfw.pins.canonical import (
     PINNED_FIELDS,
@@ -16,17 +23,22 @@ from mcpfw.pins.canonical import (
 )
 from mcpfw.pins.checker import PinChecker, PinOptions, PinVerdict
 from mcpfw.pins.drift import Pin, PinMode, PinStatus, ToolCheck, compare, definition_diff
+from mcpfw.pins.errors import PinStoreError
 from mcpfw.pins.sanitize import sanitize_text, sanitize_tool, sanitize_tools
 from mcpfw.pins.scanner import (
     CODES,
     Finding,
     Severity,
     finding_codes,
+    finding_dict,
     scan_text,
     scan_tool,
     scan_tools,
 )
-from mcpfw.pins.store import PinEvent, PinStore, PinStoreError, finding_dict
+
+if TYPE_CHECKING:
+    from mcpfw.pins.open import open_pin_store
+    from mcpfw.pins.store import PinEvent, PinStore
 
 __all__ = [
     "CODES",
@@ -50,6 +62,7 @@ __all__ = [
     "definition_digest",
     "finding_codes",
     "finding_dict",
+    "open_pin_store",
     "sanitize_text",
     "sanitize_tool",
     "sanitize_tools",
@@ -57,3 +70,18 @@ __all__ = [
     "scan_tool",
     "scan_tools",
 ]
+
+_LAZY = {
+    "PinStore": "mcpfw.pins.store",
+    "PinEvent": "mcpfw.pins.store",
+    "open_pin_store": "mcpfw.pins.open",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mcpfw.pins' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from mcpfw.pins.drift import PinMode, PinStatus
+from mcpfw.pins.errors import PinStoreError
 from mcpfw.pins.sanitize import sanitize_tools
 from mcpfw.pins.scanner import Finding, finding_codes, scan_tools
-from mcpfw.pins.store import PinStore, PinStoreError
+
+if TYPE_CHECKING:
+    from mcpfw.pins.store import PinStore
 
 __all__ = ["PinChecker", "PinOptions", "PinVerdict"]
 

@@ -17,7 +17,8 @@ from mcpfw.audit.events import time_text
 from mcpfw.audit.migrations import migrate_sync
 from mcpfw.audit.urls import default_audit_url
 from mcpfw.model import utcnow
-from mcpfw.pins.store import PinStore, PinStoreError
+from mcpfw.pins.errors import PinStoreError
+from mcpfw.pins.store import PinStore
 
 __all__ = ["open_pin_store"]
 

@@ -33,6 +33,7 @@ __all__ = [
     "Finding",
     "Severity",
     "finding_codes",
+    "finding_dict",
     "scan_text",
     "scan_tool",
     "scan_tools",
@@ -408,3 +409,14 @@ def scan_tools(
 def finding_codes(findings: Sequence[Finding]) -> tuple[str, ...]:
     """The distinct codes of some findings, sorted: what `ToolCall.findings` carries."""
     return tuple(sorted({f.code for f in findings}))
+
+
+def finding_dict(finding: Finding) -> dict[str, Any]:
+    """A finding as stored and exported."""
+    return {
+        "code": finding.code,
+        "severity": str(finding.severity),
+        "where": finding.where,
+        "excerpt": finding.excerpt,
+        "message": finding.message,
+    }

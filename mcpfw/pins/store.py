@@ -19,29 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mcpfw.model import utcnow
 from mcpfw.pins.canonical import canonical_definition, definition_digest
 from mcpfw.pins.drift import Pin, PinStatus, ToolCheck, canonical_text, compare
-from mcpfw.pins.scanner import Finding
+from mcpfw.pins.errors import PinStoreError
+from mcpfw.pins.scanner import Finding, finding_dict
 from mcpfw.pins.tables import pin_events, tool_pins
 
-__all__ = ["PinEvent", "PinStore", "PinStoreError", "finding_dict"]
-
-
-class PinStoreError(Exception):
-    """The pins could not be read or written (the caller fails closed)."""
+__all__ = ["PinEvent", "PinStore", "PinStoreError"]
 
 
 class PinEvent(dict[str, Any]):
     """One row of the pin history: time, server, tool, kind, digest, previous_digest, actor."""
-
-
-def finding_dict(finding: Finding) -> dict[str, Any]:
-    """A finding as stored and exported."""
-    return {
-        "code": finding.code,
-        "severity": str(finding.severity),
-        "where": finding.where,
-        "excerpt": finding.excerpt,
-        "message": finding.message,
-    }
 
 
 def _ts(value: datetime) -> str:
