@@ -82,10 +82,27 @@ def serve(
                 log_level="warning",
             )
 
+    from mcpfw.audit import AuditError
+
     try:
         anyio.run(main)
-    except ServeError as exc:
-        click.echo(f"mcpfw serve: {exc}", err=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        known = _known_error(exc, (ServeError, AuditError))
+        if known is None:
+            raise
+        click.echo(f"mcpfw serve: {known}", err=True)
+        sys.exit(1)
+
+
+def _known_error(exc: BaseException, kinds: tuple[type[Exception], ...]) -> Exception | None:
+    """The user-facing error inside `exc` (task groups wrap errors in exception groups)."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _known_error(inner, kinds)
+            if found is not None:
+                return found
+    return None
