@@ -122,7 +122,18 @@ class VerifyReport:
 
 
 class _Chain:
-    __slots__ = ("first_seq", "instance", "n", "prev_row", "rest", "row", "seq", "start", "top")
+    __slots__ = (
+        "first_seq",
+        "instance",
+        "limit",
+        "n",
+        "prev_row",
+        "rest",
+        "row",
+        "seq",
+        "start",
+        "top",
+    )
 
     def __init__(self, instance: str, start: ChainStart) -> None:
         self.instance = instance
@@ -134,6 +145,8 @@ class _Chain:
         self.row: Sequence[Any] | None = None  # last verified row
         self.prev_row: Sequence[Any] | None = None
         self.rest: list[Sequence[Any]] | None = None  # rows from the first failure on
+        # events past the head record were never committed by a firewall
+        self.limit = start.head_seq if start.head_seq is not None else 1 << 62
 
 
 class ChainVerifier:
@@ -161,6 +174,7 @@ class ChainVerifier:
             values = row[:N_HASHED]
             if (
                 row[I_SEQ] == chain.seq + 1
+                and row[I_SEQ] <= chain.limit
                 and row[I_PREV] == chain.top
                 and sha((chain.top + encode(tuple(values))).encode()).hexdigest() == row[I_HASH]
             ):
@@ -288,7 +302,8 @@ def _classify(chain: _Chain) -> ChainBreak:
             kind="inserted",
             seq=seq,
             event_id=rid,
-            message=f"{where} is past the chain head record (seq {head}): inserted",
+            message=f"{where} is past the chain head record (seq {head}): inserted "
+            "(or the chain after it was re-hashed)",
         )
     if seq == exp_seq and r[I_PREV] == exp_prev and not self_ok:
         return ChainBreak(
