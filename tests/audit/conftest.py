@@ -18,7 +18,7 @@ from mcpfw.model import Agent, Decision, Effect, ToolCall
 
 
 def _plain_dsn(url: str) -> str:
-    scheme, _, rest = url.partition("://")
+    _scheme, _, rest = url.partition("://")
     return "postgresql://" + rest.partition("?")[0]
 
 

@@ -187,7 +187,7 @@ def test_any_insertion_is_caught(
             moved = rehash(moved)
             top = moved[I_HASH]
         after.append(moved)
-    tampered = rows[:pos] + [forged] + after
+    tampered = [*rows[:pos], forged, *after]
     kind, event_id = broken(tampered, starts)
     assert kind == "inserted"
     if style != "linked-rehash-rest" or pos == len(rows):

@@ -407,14 +407,16 @@ async def test_stats_count_decisions_by_agent_tool_and_rule(audit_url: str) -> N
 
 async def test_a_database_from_a_newer_mcpfw_is_refused_not_misread(audit_url: str) -> None:
     with anyio.fail_after(30):
-        async with open_store(audit_url, instance="fw-a") as store:
-            async with store.engine.begin() as conn:
-                await conn.execute(
-                    text(
-                        "INSERT INTO schema_version (version, description, applied_at) "
-                        "VALUES (999, 'future', '2030-01-01T00:00:00.000000Z')"
-                    )
+        async with (
+            open_store(audit_url, instance="fw-a") as store,
+            store.engine.begin() as conn,
+        ):
+            await conn.execute(
+                text(
+                    "INSERT INTO schema_version (version, description, applied_at) "
+                    "VALUES (999, 'future', '2030-01-01T00:00:00.000000Z')"
                 )
+            )
         with pytest.raises(AuditError, match="newer"):
             async with open_store(audit_url, instance="fw-a"):
                 pass
