@@ -142,6 +142,8 @@ def _clean_host(host: str) -> str:
     host = unquote(host).lower().rstrip(".")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if ":" in host:
+        host = host.split("%", 1)[0]  # an IPv6 zone id (fe80::1%eth0) names no other host
     if not host.isascii():
         # Internationalised names: map to punycode (IDNA, with nameprep) as a fetcher would.
         try:

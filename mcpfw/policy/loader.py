@@ -310,7 +310,7 @@ class _FileLoader:
             self.error(node, None, "rule has no `id`; every rule needs a unique id")
             return None
         id_node = fields["id"][1]
-        rid = plain(id_node) if isinstance(id_node, yaml.ScalarNode) else None
+        rid = _scalar_text(id_node)
         if not isinstance(rid, str) or not _ID.fullmatch(rid):
             self.error(
                 id_node,
@@ -386,9 +386,9 @@ class _FileLoader:
         if key not in fields:
             return ""
         node = fields[key][1]
-        value = plain(node)
-        if not isinstance(value, str):
-            self.error(node, rid, f"{key} must be a string", str(value))
+        value = _scalar_text(node)
+        if value is None:
+            self.error(node, rid, f"{key} must be a string", str(plain(node)))
             return ""
         return value
 
@@ -473,6 +473,13 @@ class _FileLoader:
             offset = 1 if style in ('"', "'") else 0
             return start.line + 1, start.column + 1 + offset + column - 1
         return start.line + line, column
+
+
+def _scalar_text(node: yaml.Node) -> str | None:
+    """A scalar's text as written (`message: no` is "no", not False); None otherwise."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null":
+        return None
+    return str(node.value)
 
 
 def _indent_at(lines: list[str], index: int) -> int:
