@@ -121,7 +121,7 @@ async def test_a_tool_never_listed_is_judged_by_the_store_and_denied_when_unknow
 
 
 async def test_a_failing_pin_store_fails_closed_in_block_mode(tmp_path: Path) -> None:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'nope' / 'x.db'}")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")  # no pin tables
     broken = PinStore(engine)
     try:
         block = PinChecker("s", store=broken, options=PinOptions(mode=PinMode.BLOCK))

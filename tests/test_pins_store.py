@@ -209,8 +209,8 @@ async def test_concurrent_first_use_from_many_firewalls_pins_once(
     assert kinds.count("pinned") == 2
 
 
-async def test_an_unreachable_database_raises_pin_store_error(tmp_path: Path) -> None:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}")
+async def test_a_broken_database_raises_pin_store_error(tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")  # no pin tables
     try:
         with pytest.raises(PinStoreError):
             await PinStore(engine).observe("s", [ADD])
