@@ -65,4 +65,8 @@ def test_evaluate_never_raises_on_arbitrary_json_arguments(
 def test_both_engines_decide_the_same(tool: str, args: dict[str, Any]) -> None:
     call = ToolCall(agent=Agent(id="a", roles=("editor",)), tool=tool, arguments=args)
     native, fallback = evaluate(packs("cel-expr"), call), evaluate(packs("cel-python"), call)
-    assert (native.effect, native.rule) == (fallback.effect, fallback.rule)
+    assert native.effect is fallback.effect
+    if not native.errors and not fallback.errors:
+        # With errors, which failing deny rule decides can differ (the engines' built-ins
+        # disagree on odd input such as string(null)); the effect may not.
+        assert native.rule == fallback.rule
