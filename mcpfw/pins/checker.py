@@ -98,7 +98,7 @@ class PinChecker:
     @property
     def pinning(self) -> bool:
         """Whether definitions are compared with pins at all."""
-        return self.options.mode is not PinMode.OFF and self.store is not None
+        return self.options.mode is not PinMode.OFF
 
     def findings(self, tool: str) -> tuple[Finding, ...]:
         """The scanner's findings on a tool's latest listed definition."""
@@ -116,8 +116,9 @@ class PinChecker:
         statuses: dict[str, PinStatus | None] = {}
         async with self._lock:
             if self.pinning:
-                assert self.store is not None
                 try:
+                    if self.store is None:
+                        raise PinStoreError("no pin store (the audit database is unavailable)")
                     checks = await self.store.observe(
                         self.server,
                         listed,
@@ -197,8 +198,9 @@ class PinChecker:
     async def _verdict_from_store(self, tool: str) -> PinVerdict:
         """A call to a tool not listed in this session: judge by what the store knows."""
         block = self.options.mode is PinMode.BLOCK
-        assert self.store is not None
         try:
+            if self.store is None:
+                raise PinStoreError("no pin store (the audit database is unavailable)")
             pin = await self.store.pin(self.server, tool)
         except PinStoreError as exc:
             log.error("pins: server %r: %s", self.server, exc)

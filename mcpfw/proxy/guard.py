@@ -72,6 +72,7 @@ __all__ = [
     "Guard",
     "GuardSession",
     "GuardSettings",
+    "PinGate",
     "RuleSource",
     "Verdict",
     "ask_prompt",
@@ -94,6 +95,23 @@ class RuleSource(Protocol):
 
     @property
     def current(self) -> RuleSet: ...
+
+
+class PinVerdictLike(Protocol):
+    """What tool pinning says about one call (`mcpfw.pins.PinVerdict`)."""
+
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def findings(self) -> tuple[str, ...]: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class PinGate(Protocol):
+    """Tool-definition pinning for one upstream (`mcpfw.pins.PinChecker`); never raises."""
+
+    async def check_call(self, tool: str) -> PinVerdictLike: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -179,9 +197,11 @@ class Guard:
         store: AuditStore | None,
         settings: GuardSettings | None = None,
         store_error: str = "",
+        pins: PinGate | None = None,
     ) -> None:
         self.rules = rules
         self.store = store
+        self.pins = pins  # tool pinning: findings for rules, and denial of drifted tools
         self.store_error = store_error  # why there is no store, when there is none
         self.settings = settings or GuardSettings()
         self.fail_open_count = 0  # calls forwarded although the audit store failed
@@ -320,7 +340,18 @@ class GuardSession:
         from mcpfw.policy import evaluate
 
         settings = self.guard.settings
+        pin = await self.guard.pins.check_call(call.tool) if self.guard.pins else None
+        if pin is not None and pin.findings:
+            call = replace(call, findings=tuple(pin.findings))  # rules see `tool.findings`
         decision = evaluate(self.guard.rules.current, call, monitor=settings.monitor)
+        if pin is not None and not pin.allowed:  # pins: block, drifted or unverified tool
+            decision = replace(
+                decision,
+                effect=Effect.DENY,
+                rule="pins",
+                message="tool definition not approved",
+                reason=pin.reason,
+            )
         recorded = await self._record_decision(call, decision)
         if not recorded and settings.audit_failure != "allow":
             denied = replace(

@@ -50,7 +50,7 @@ from mcpfw.proxy.messages import (
 )
 from mcpfw.proxy.stdio import Channel
 
-__all__ = ["Direction", "Relay"]
+__all__ = ["Direction", "PinHook", "Relay"]
 
 log = logging.getLogger("mcpfw.relay")
 
@@ -70,6 +70,17 @@ class Recorder(Protocol):
     ) -> int: ...
 
     def attach(self, seq: int, decision: Decision) -> None: ...
+
+
+class PinHook(Protocol):
+    """Tool pinning (`mcpfw.pins.PinChecker`): sees every tools/list result first."""
+
+    async def on_tools_list(self, result: dict[str, Any]) -> dict[str, Any]: ...
+
+    def on_list_changed(self) -> None: ...
+
+
+OWN_TOOLS_LIST = "mcpfw/tools/list"  # our own tools/list to the upstream (pin re-check)
 
 
 @dataclass(slots=True)
@@ -102,6 +113,7 @@ class Relay:
         observers: tuple[Observer, ...] = (),
         tools_list_hooks: tuple[ToolsListHook, ...] = (),
         recorder: Recorder | None = None,
+        pins: PinHook | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -111,6 +123,8 @@ class Relay:
         self.observers = observers
         self.tools_list_hooks = tools_list_hooks
         self.recorder = recorder  # records what the client sent and received, in order
+        self.pins = pins
+        self._list_meta: dict[str, Any] | None = None  # _meta of the client's last tools/list
         self._call_seq: dict[Any, int] = {}  # tools/call id -> its recorded seq (for the link)
         self.dead = ""  # why the upstream is unusable, once it is
         self.client_caps: dict[str, Any] = {}
@@ -207,6 +221,12 @@ class Relay:
     async def _client_request(self, message: Message) -> None:
         rid = message["id"]
         method = message["method"]
+        if rid in self._pending or rid in self._guarding:
+            # A second request under an id in flight would take over the first one's answer
+            # (and its audit outcome): refuse it, the first one carries on undisturbed.
+            text = f"request id {rid!r} is already in use by a request in flight"
+            await self._to_client(error_response(rid, INVALID_REQUEST, text))
+            return
         if method == "tools/call":  # decided and recorded even when the upstream is gone
             assert self._tg is not None
             self._guarding.add(rid)
@@ -215,6 +235,11 @@ class Relay:
         if self.dead:
             await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
             return
+        if method == "tools/list":
+            params = message.get("params")
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            if isinstance(meta, dict):
+                self._list_meta = {k: v for k, v in meta.items() if k != "progressToken"}
         if method == "initialize":
             params = message.get("params")
             caps = params.get("capabilities") if isinstance(params, dict) else None
@@ -228,6 +253,8 @@ class Relay:
         if message["method"] == "notifications/cancelled":
             params = message.get("params")
             rid = params.get("requestId") if isinstance(params, dict) else None
+            if not isinstance(rid, str | int | float):
+                rid = None  # an object or array is no request id (and is unhashable)
             if rid in self._guarding:
                 # Never forwarded: the upstream must not hear of it. Stop any pending question.
                 self._cancelled.add(rid)
@@ -280,6 +307,10 @@ class Relay:
                         self._aliases[alias] = item["id"]
                         await self._to_client({**item, "id": alias}, source="")
                     else:
+                        if self.pins is not None and item.get("method") == (
+                            "notifications/tools/list_changed"
+                        ):
+                            self.pins.on_list_changed()
                         await self._to_client(item, source="")
         finally:
             with anyio.CancelScope(shield=True):
@@ -287,6 +318,10 @@ class Relay:
 
     async def _upstream_response(self, message: Message) -> None:
         pending = self._pending.pop(message["id"], None)
+        if pending is not None and pending.method == OWN_TOOLS_LIST:
+            pending.response = message  # our own listing: never shown to the client
+            pending.done.set()
+            return
         if pending is not None:
             result = message.get("result")
             if pending.method == "initialize" and isinstance(result, dict):
@@ -294,7 +329,8 @@ class Relay:
                 self.negotiated_version = version if isinstance(version, str) else None
             elif pending.method == "tools/list" and isinstance(result, dict):
                 session = await self._session()
-                filtered = session.filter_tools(result)
+                checked = await self.pins.on_tools_list(result) if self.pins else result
+                filtered = session.filter_tools(checked)
                 for hook in self.tools_list_hooks:
                     filtered = hook(filtered)
                 if filtered is not result:
@@ -323,8 +359,44 @@ class Relay:
         pending, self._pending = self._pending, {}
         for rid, entry in pending.items():
             entry.gone = self.dead
-            await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
+            if entry.method != OWN_TOOLS_LIST:
+                await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
             entry.done.set()
+
+    async def list_upstream_tools(self, max_pages: int = 100) -> list[dict[str, Any]]:
+        """Every tool the upstream offers now, asked by the firewall itself (pin re-checks).
+
+        Raises OSError when the upstream is gone or answers with an error.
+        """
+        tools: list[dict[str, Any]] = []
+        cursor: Any = None
+        for _ in range(max_pages):
+            own_id = f"mcpfw-list-{new_id()}"
+            params: dict[str, Any] = {}
+            if cursor is not None:
+                params["cursor"] = cursor
+            if self._list_meta:
+                params["_meta"] = dict(self._list_meta)
+            pending = _Pending(OWN_TOOLS_LIST)
+            self._pending[own_id] = pending
+            request = {"jsonrpc": "2.0", "id": own_id, "method": "tools/list", "params": params}
+            if not await self._to_upstream(request):
+                self._pending.pop(own_id, None)
+                raise OSError(f"the upstream {self.dead or 'is gone'}")
+            try:
+                await pending.done.wait()
+            finally:
+                self._pending.pop(own_id, None)
+            result = pending.response.get("result") if pending.response else None
+            if pending.gone or not isinstance(result, dict):
+                raise OSError(f"the upstream did not list its tools ({pending.gone or 'error'})")
+            page = result.get("tools")
+            if isinstance(page, list):
+                tools.extend(t for t in page if isinstance(t, dict))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                return tools
+        raise OSError(f"the upstream's tool list has more than {max_pages} pages")
 
     # -- tools/call -------------------------------------------------------------------------
 
