@@ -344,3 +344,58 @@ async def test_execute_compares_with_the_audit_digest_when_no_full_result_was_re
         report = await execute(rs, [matching], upstream.connect)
     assert [r.status for r in report.results] == [ExecStatus.SAME]
     assert not report.changed
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sessions"
+
+
+def _projection(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of a replay report that the hand-written expected diffs pin down."""
+    return {
+        "calls": data["calls"],
+        "changes": [
+            {
+                "agent": c["agent"],
+                "tool": c["tool"],
+                "arguments": c["arguments"],
+                "kind": c["kind"],
+                "before": {"effect": c["before"]["effect"], "rule": c["before"]["rule"]},
+                "after": {"effect": c["after"]["effect"], "rule": c["after"]["rule"]},
+                "uncertain": c["uncertain"],
+            }
+            for c in data["changes"]
+        ],
+        "uncertain_unchanged": [
+            {"agent": u["agent"], "tool": u["tool"], "arguments": u["arguments"]}
+            for u in data["uncertain_unchanged"]
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "expected_file", sorted(p.name for p in (FIXTURES / "expected").glob("*.json"))
+)
+def test_the_recorded_fixture_sessions_replay_to_their_expected_diffs(expected_file: str) -> None:
+    import json
+
+    from mcpfw.recording import load_jsonl
+
+    expected = json.loads((FIXTURES / "expected" / expected_file).read_text())
+    candidate = load_ruleset([FIXTURES / expected["candidate"]])
+    calls = [
+        rc for s in expected["sessions"] for rc in calls_from_recording(load_jsonl(FIXTURES / s))
+    ]
+    report = replay(candidate, calls)
+    want = {k: expected[k] for k in ("calls", "changes", "uncertain_unchanged")}
+    assert _projection(report.to_json()) == want
+
+
+def test_every_fixture_call_was_decided_by_the_original_rules_as_recorded() -> None:
+    from mcpfw.recording import load_jsonl
+
+    original = load_ruleset([FIXTURES / "rules" / "original.yaml"])
+    for name in ("dev-handshake.jsonl", "ci-modern.jsonl"):
+        rec = load_jsonl(FIXTURES / name)
+        calls = list(calls_from_recording(rec))
+        assert calls, name
+        assert {rc.original.revision for rc in calls} == {original.revision}

@@ -383,3 +383,9 @@ def _run(
         return anyio.run(main)
     except ReplayError as exc:
         _fail(str(exc))
+
+
+if __name__ == "__main__":  # `python -m mcpfw.cli.replay_cmds serve-recording ...` (tests)
+    from mcpfw.cli import main
+
+    main()

@@ -7,9 +7,12 @@ replay works against handshake-era and 2026-07-28 servers.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
+
+from pydantic import BaseModel, ConfigDict
 
 from mcpfw.replay.execute import ToolCaller, UpstreamCallError
 
@@ -18,6 +21,21 @@ __all__ = ["UpstreamConnectError", "connect_upstream"]
 
 class UpstreamConnectError(Exception):
     """The live upstream could not be started or reached."""
+
+
+class _RawResult(BaseModel):
+    """Any result, every field kept as sent (no re-modelling)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _errlog() -> TextIO:
+    """Where the upstream's stderr goes: ours, or the real one when ours is captured."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.__stderr__ or sys.stderr
+    return sys.stderr
 
 
 @asynccontextmanager
@@ -35,9 +53,12 @@ async def connect_upstream(
 
     server: Any
     if command:
-        server = StdioServerParameters(
+        from mcp.client.stdio import stdio_client
+
+        params = StdioServerParameters(
             command=command[0], args=list(command[1:]), env=dict(os.environ), cwd=cwd
         )
+        server = stdio_client(params, errlog=_errlog())
     elif url:
         server = url
         if headers:
@@ -62,9 +83,6 @@ async def connect_upstream(
         ) from None
 
     import mcp_types
-    from pydantic import TypeAdapter
-
-    raw_result: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
     async def call(name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
         # The raw result, not the SDK's typed model: the audit log digests what the upstream
@@ -73,9 +91,10 @@ async def connect_upstream(
             params=mcp_types.CallToolRequestParams(name=name, arguments=dict(arguments))
         )
         try:
-            return await client.session.send_request(request, raw_result)
+            raw = await client.session.send_request(request, _RawResult)
         except MCPError as exc:
             raise UpstreamCallError(f"upstream error {exc.code}: {exc.message}") from None
+        return raw.model_dump()
 
     try:
         yield call
