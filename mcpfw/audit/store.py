@@ -97,6 +97,8 @@ class AuditStore(AuditReader):
 
     async def _prepare(self, *, create: bool) -> None:
         try:
+            if not create and await self._up_to_date():
+                return  # a reader on a current database writes nothing
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
                 async with conn.begin():
@@ -104,13 +106,6 @@ class AuditStore(AuditReader):
                         await conn.exec_driver_sql(
                             f'CREATE SCHEMA IF NOT EXISTS "{self.info.schema}"'
                         )
-                    if not create:
-                        version = await conn.run_sync(current_version)
-                        if version is None:
-                            raise AuditError(
-                                f"{self.info.url} is not an mcpfw audit database "
-                                "(no schema_version table)"
-                            )
                     await conn.run_sync(
                         lambda c: migrate_sync(
                             c, applied_at=time_text(utcnow()), is_postgres=self.info.is_postgres
@@ -122,6 +117,20 @@ class AuditStore(AuditReader):
             raise AuditError(
                 f"cannot open the audit database {self.info.url}: {_why(exc)}"
             ) from exc
+
+    async def _up_to_date(self) -> bool:
+        async with self.engine.connect() as conn:
+            version = await conn.run_sync(current_version)
+        if version is None:
+            raise AuditError(
+                f"{self.info.url} is not an mcpfw audit database (no schema_version table)"
+            )
+        if version > latest_version():
+            raise AuditError(
+                f"the audit database has schema version {version}, newer than this mcpfw "
+                f"understands ({latest_version()}); upgrade mcpfw or use another database"
+            )
+        return version == latest_version()
 
     @property
     def schema_version(self) -> int:
