@@ -67,6 +67,31 @@ def path_base(path: str) -> str:
     return cleaned.rsplit("/", 1)[-1]
 
 
+SECRET_NAMES = frozenset(
+    {".env", ".netrc", ".git-credentials", ".npmrc", ".pypirc", ".pgpass", "credentials",
+     "credentials.json", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", ".htpasswd",
+     "secrets.yaml", "secrets.yml", "secrets.json", ".vault-token", "kubeconfig"}
+)  # fmt: skip
+SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".jks", ".keystore", ".kdbx", ".ppk", ".asc",
+                   ".gpg", ".tfstate", ".ovpn")  # fmt: skip
+SECRET_DIRS = frozenset({".ssh", ".aws", ".gnupg", ".kube", ".docker", ".azure", "gcloud"})
+
+
+def is_secret_path(path: str) -> bool:
+    """True when a path (percent-decoded, cleaned, any case, trailing dots/spaces ignored)
+    names a secret file (`.env*`, keys, credentials) or lies in a secret directory (`~/.ssh`)."""
+    parts = [p.rstrip(" .\t\r\n").lower() for p in clean_path(url_decode(path)).split("/")]
+    parts = [p for p in parts if p]
+    if not parts:
+        return False
+    if any(p in SECRET_DIRS for p in parts):
+        return True
+    name = parts[-1]
+    if name in SECRET_NAMES or name.startswith(".env.") or name.endswith(SECRET_SUFFIXES):
+        return True
+    return name.startswith(("id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"))
+
+
 # --- globs -------------------------------------------------------------------------------
 
 
@@ -433,6 +458,13 @@ FUNCTIONS: tuple[Signature, ...] = (
         "string",
         email_domain,
         "emailDomain('bob@Corp.com') == 'corp.com'",
+    ),
+    Signature(
+        "isSecretPath",
+        ("string",),
+        "bool",
+        is_secret_path,
+        "isSecretPath('/w/../home/u/.ssh/id_ed25519') == true",
     ),
     Signature(
         "refBranch",

@@ -147,7 +147,10 @@ def load_ruleset(
         digest.update(path.name.encode() + b"\0" + data + b"\0")
         text = data.decode("utf-8", "replace")
         mark = len(errors)
-        _FileLoader(path, text, cel, errors, rules, seen, defaults).load()
+        try:
+            _FileLoader(path, text, cel, errors, rules, seen, defaults).load()
+        except RecursionError:  # PyYAML composes and constructs nested nodes recursively
+            errors.append(_err(str(path), 1, 1, None, "YAML nested too deeply to load", ""))
         errors[mark:] = sorted(errors[mark:], key=lambda e: (e.line, e.column))
 
     for effect, file, line, column in defaults[1:]:

@@ -24,6 +24,7 @@ TRUE_EXPRESSIONS = [
     'pathWithin(args.path, "/workspace") && !pathWithin("/workspace/../etc", "/workspace")',
     'args.path.pathWithin("/workspace")',
     'pathBase(args.path) == "b.txt"',
+    'isSecretPath("/w/../home/u/.ssh/id_rsa") && !args.path.isSecretPath()',
     'globMatch("src/a/b.py", "src/**.py") && !"src/a/b.py".globMatch("src/*.py")',
     'urlHost(args.url) == "docs.example.com" && args.url.urlHost() == "docs.example.com"',
     'urlScheme(args.url) == "https" && urlPort(args.url) == 8443',

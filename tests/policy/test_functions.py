@@ -202,6 +202,29 @@ def test_email_address_rejects_anything_but_one_plain_address(text: str) -> None
         f.email_address(text)
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/workspace/.env",
+        "/workspace/config/.ENV.production",
+        "/workspace/server.key. ",
+        "/workspace/../root/.ssh/config",
+        "/home/u/.aws/credentials",
+        "/w/id_ed25519.pub",
+        "/w/%2eenv",
+        "C:\\Users\\u\\.ssh\\id_rsa",
+        "/w/tls.PEM",
+    ],
+)
+def test_secret_paths_are_recognised_however_written(path: str) -> None:
+    assert f.is_secret_path(path)
+
+
+@pytest.mark.parametrize("path", ["/workspace/environment.md", "/w/keys.txt", "/", "", "/w/env"])
+def test_ordinary_paths_are_not_secret(path: str) -> None:
+    assert not f.is_secret_path(path)
+
+
 def test_shell_helpers() -> None:
     assert f.shell_split("git log 'a b'") == ["git", "log", "a b"]
     assert (
