@@ -59,6 +59,9 @@ def server_name(command: tuple[str, ...]) -> str:
 @click.option("--reload-interval", type=click.FloatRange(min=0.05), default=1.0, hidden=True)
 @click.option("--record/--no-record", default=None,
               help="Record the session's messages (default: config `record`).")  # fmt: skip
+@click.option("--pins", "pins", type=click.Choice(["off", "warn", "block"]), default=None,
+              help="Tool-definition pinning: block denies calls to changed tools "
+              "(default: config `pins`, else warn).")  # fmt: skip
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", help="stderr log level.")  # fmt: skip
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -173,4 +176,6 @@ def resolve(opts: dict[str, Any]) -> Any:
         call_timeout_s=opts["call_timeout"] or call_timeout,
         reload_interval_s=opts["reload_interval"],
         record=opts["record"] if opts.get("record") is not None else config.records(agent_id),
+        pins=opts.get("pins") or config.pins,
+        sanitize_descriptions=config.sanitize_descriptions,
     )

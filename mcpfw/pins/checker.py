@@ -94,6 +94,7 @@ class PinChecker:
         self._tools: dict[str, _ToolState] = {}
         self._stale = False
         self._lock = anyio.Lock()
+        self._logged: set[tuple[str, str, str, str]] = set()
 
     @property
     def pinning(self) -> bool:
@@ -241,6 +242,10 @@ class PinChecker:
                 log.warning("pins: %s", self._reason(name, status))
         for name, findings in sorted(found.items()):
             for f in findings:
+                key = (name, f.code, f.where, f.excerpt)
+                if key in self._logged:
+                    continue  # said once per process; the pin store keeps them all
+                self._logged.add(key)
                 log.warning(
                     "pins: server %r tool %r: %s finding %s at %s: %s",
                     self.server,

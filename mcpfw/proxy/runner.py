@@ -56,6 +56,8 @@ class RunOptions:
     call_timeout_s: float = 300.0
     reload_interval_s: float = 1.0
     record: bool = False  # record every message of the session (mcpfw.recording)
+    pins: str = "warn"  # off | warn | block (tool-definition pinning, mcpfw.pins)
+    sanitize_descriptions: bool = True  # strip hidden characters from tool descriptions
 
 
 class Later(Generic[T]):
@@ -137,14 +139,21 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
     stop_store, store_closed = anyio.Event(), anyio.Event()
     status = 0
     recorder = _recorder() if options.record else None
+    pins = _pin_checker(options)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_keep_store, options, store_ready, stop_store, store_closed)
         tg.start_soon(options.rules.watch, options.reload_interval_s)
 
         async def start_session() -> None:
             store, error = await store_ready.get()
+            if store is not None:
+                await _attach_pin_store(pins, store)
             guard = Guard(
-                rules=options.rules, store=store, settings=options.settings, store_error=error
+                rules=options.rules,
+                store=store,
+                settings=options.settings,
+                store_error=error,
+                pins=pins,
             )
             session = await guard.open_session(
                 agent=options.agent,
@@ -180,7 +189,9 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
                     session=session_ready.get,
                     call_timeout_s=options.call_timeout_s,
                     recorder=recorder,
+                    pins=pins,
                 )
+                pins.refresh = relay.list_upstream_tools
                 await relay.run()
                 if relay.dead and relay.dead != "exited with code 0":
                     status = status or 1
@@ -201,6 +212,30 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
                 await store_closed.wait()
         tg.cancel_scope.cancel()
     return status
+
+
+def _pin_checker(options: RunOptions) -> Any:
+    """Tool-definition pinning for this upstream; its store is attached once the audit opens."""
+    from mcpfw.pins.checker import PinChecker, PinOptions
+    from mcpfw.pins.drift import PinMode
+
+    return PinChecker(
+        options.settings.server or "upstream",
+        store=None,
+        options=PinOptions(mode=PinMode(options.pins), sanitize=options.sanitize_descriptions),
+    )
+
+
+async def _attach_pin_store(pins: Any, store: AuditStore) -> None:
+    """Pins live in the audit database; other servers' tool names feed shadowing checks."""
+    from mcpfw.pins.errors import PinStoreError
+    from mcpfw.pins.store import PinStore
+
+    pins.store = PinStore(store.engine)
+    try:
+        pins.foreign_tools = await pins.store.tool_names(exclude_server=pins.server)
+    except PinStoreError as exc:
+        log.error("pins: %s", exc)
 
 
 def _recorder() -> Any:
