@@ -122,6 +122,9 @@ class GuardSettings:
     monitor: bool = False  # evaluate and record everything, enforce nothing
     audit_failure: Literal["deny", "allow"] = "deny"
     ask_timeout_s: float = 120.0
+    # A decision not committed by then denies the call: a locked SQLite file or a hung database
+    # connection must not hold calls forever (SQLite's own busy timeout is 10 s).
+    audit_timeout_s: float = 30.0
     hide_denied: bool = False
     state_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     state_ttl_s: float = 600.0  # how long a modern-era approval request stays answerable
@@ -547,7 +550,12 @@ class GuardSession:
             self._audit_failed(f"no audit store ({self.guard.store_error or 'not open'})")
             return False
         try:
-            await store.record_decision(call, decision)
+            with anyio.fail_after(self.guard.settings.audit_timeout_s):
+                await store.record_decision(call, decision)
+        except TimeoutError:
+            timeout = self.guard.settings.audit_timeout_s
+            self._audit_failed(f"the decision was not committed within {timeout:g} s")
+            return False
         except Exception as exc:  # any store failure is a write failure: fail closed below
             self._audit_failed(str(exc) or type(exc).__name__)
             return False
