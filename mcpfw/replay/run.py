@@ -84,7 +84,11 @@ async def gather_calls(request: ReplayRequest) -> tuple[list[ReplayCall], tuple[
     from mcpfw.replay.db import calls_from_database
 
     return await calls_from_database(
-        request.audit_url, request.config_path, flt, recorded_only=request.recorded_only
+        request.audit_url,
+        request.config_path,
+        flt,
+        recorded_only=request.recorded_only,
+        with_outcomes=request.execute,  # result digests matter only when re-executing
     )
 
 

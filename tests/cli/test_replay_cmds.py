@@ -376,3 +376,22 @@ def test_serve_recording_of_a_missing_file_exits_2(tmp_path: Path) -> None:
     res = invoke("serve-recording", tmp_path / "none.jsonl")
     assert res.exit_code == 2
     assert "no such file" in res.output
+
+
+def test_the_fast_event_reader_agrees_with_the_audit_readers_rebuild(tmp_path: Path) -> None:
+    from mcpfw.audit import AuditEvent, EventFilter
+    from mcpfw.replay.db import audit_calls, replay_call_from_event
+    from mcpfw.replay.sources import CallFilter
+
+    db = tmp_path / "audit.db"
+    _store_calls(db)
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        async with open_store(str(db), instance="reader") as store:
+            fast = await audit_calls(store.engine, CallFilter(), with_outcomes=False)
+            events = await store.list_events(EventFilter(kinds=("decision",)), newest_first=False)
+        return fast, [replay_call_from_event(e) for e in events if isinstance(e, AuditEvent)]
+
+    fast, slow = anyio.run(both)
+    assert len(fast) == 3
+    assert fast == slow
