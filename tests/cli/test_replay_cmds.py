@@ -395,3 +395,23 @@ def test_the_fast_event_reader_agrees_with_the_audit_readers_rebuild(tmp_path: P
     fast, slow = anyio.run(both)
     assert len(fast) == 3
     assert fast == slow
+
+
+def test_every_command_and_option_is_documented() -> None:
+    import click
+
+    from mcpfw.cli.replay_cmds import replay, serve_recording, sessions
+
+    doc = (ROOT / "docs" / "replay.md").read_text()
+    commands: list[tuple[str, click.Command]] = [
+        ("mcpfw replay", replay),
+        ("mcpfw serve-recording", serve_recording),
+    ]
+    assert isinstance(sessions, click.Group)
+    commands += [(f"mcpfw sessions {n}", c) for n, c in sessions.commands.items()]
+    for name, command in commands:
+        assert name in doc, name
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name not in ("audit_url", "config_path"):
+                assert any(o in doc for o in param.opts), f"{name} {param.opts}"
+    assert "--audit" in doc and "--config" in doc
