@@ -8,7 +8,7 @@ expression errors counts as matched; an allow rule that errors does not match.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC
 from typing import Any
 
@@ -26,6 +26,8 @@ def variables_for(ruleset: RuleSet, call: ToolCall) -> dict[str, Any]:
     """The CEL variables for a call, bounded; raises `LimitExceeded`."""
     limits = ruleset.limits
     agent = call.agent
+    if not isinstance(call.arguments, Mapping):
+        raise LimitExceeded("arguments must be a JSON object; denied unevaluated")
     return {
         "agent": {
             "id": agent.id,

@@ -108,6 +108,8 @@ def load_ruleset(
     limits: ArgLimits | None = None,
 ) -> RuleSet:
     """Load, check and compile rule files and directories; raise `RuleSetError` on any error."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]  # a lone path, not a sequence of characters
     errors: list[LoadError] = []
     try:
         cel = get_engine(engine)

@@ -192,6 +192,13 @@ def test_arguments_over_the_limits_are_denied_without_evaluation(
     assert why in d.reason
 
 
+def test_arguments_that_are_not_an_object_are_denied(ruleset: Load) -> None:
+    rs = ruleset("default: allow\nrules: []")
+    bad: Any = ["not", "an", "object"]
+    d = evaluate(rs, ToolCall(agent=Agent(id="a"), tool="t", arguments=bad))
+    assert (d.effect, d.rule) == (Effect.DENY, "limits") and "JSON object" in d.reason
+
+
 def test_limits_are_configurable_and_cover_claims(write: Callable[..., Any]) -> None:
     from mcpfw.policy import load_ruleset
 

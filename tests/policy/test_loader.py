@@ -48,6 +48,12 @@ def test_a_valid_file_loads_with_its_default_rules_and_revision(
     assert rs.limits == ArgLimits()
 
 
+def test_a_single_path_is_accepted_as_well_as_a_list(write: Callable[..., Path]) -> None:
+    path = write("a.yaml", "rules: [{id: a, effect: allow}]")
+    assert load_ruleset(str(path)).rules[0].id == "a"  # type: ignore[arg-type]
+    assert load_ruleset(path).rules[0].id == "a"  # type: ignore[arg-type]
+
+
 def test_the_default_is_deny_when_no_file_sets_it(write: Callable[..., Path]) -> None:
     rs = load_ruleset([write("a.yaml", "rules: []")])
     assert rs.default is Effect.DENY and rs.rules == ()
