@@ -270,3 +270,69 @@ def test_tool_schemas_keep_property_names_that_look_like_secrets() -> None:
     assert tool["inputSchema"] == schema
     assert "AKIAABCDEFGHIJKLMNOP" not in tool["description"]
     assert paths == ("/result/tools/0/description",)
+
+
+# ---------------------------------------------------------------- both backends
+
+
+def _plain_dsn(url: str) -> str:
+    return "postgresql://" + url.partition("://")[2].partition("?")[0]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty audit database on each backend (PostgreSQL: a schema of its own)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "audit.db")
+        return
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    base: str = request.getfixturevalue("postgres_url")
+    schema = "t_rec_" + uuid.uuid4().hex[:12]
+    yield f"{base}{'&' if '?' in base else '?'}schema={schema}"
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(_plain_dsn(base))
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.mark.anyio
+async def test_recordings_are_stored_and_read_back_on_both_backends(store_url: str) -> None:
+    from mcpfw.audit import open_store
+
+    decision = Decision(effect=Effect.ALLOW, rule="r1", matched=("r1",))
+    with anyio.fail_after(30):
+        async with open_store(store_url, instance="rec-test") as store:
+            redact = message_redactor(store.redactor)
+            async with open_recorder(
+                store.engine, session_id="s-both", agent=Agent(id="a"), server="fs", redact=redact
+            ) as rec:
+                seq = rec.record(
+                    "c2s",
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "tools/call",
+                        "params": {"name": "t", "arguments": {"x": 1}},
+                    },
+                )
+                await rec.flush()  # written before its decision exists: linked afterwards
+                rec.attach(seq, decision)
+                rec.record(
+                    "s2c", {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}, decision=decision
+                )
+            await import_recording(store.engine, _recording())
+            loaded = await load_recording(store.engine, "s-both")
+            listed = await list_sessions(store.engine, agent="ci-bot")
+    assert loaded is not None
+    assert [m.decision_id for m in loaded.messages] == [decision.id, decision.id]
+    assert loaded.decisions[decision.id].rule == "r1"
+    assert [s.header.session_id for s in listed] == ["s1"]
