@@ -128,16 +128,32 @@ class CelPythonEngine:
             line, column = exc.line or 1, exc.column or 1
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
             raise CompileError([CompileIssue(line, column, f"syntax error: {first}")]) from None
-        issues = _check_names(ast, self._known)
+        used: set[str] = set()
+        issues = _check_names(ast, self._known, used)
         if issues:
             raise CompileError(issues)
-        return _Program(self._env.program(ast, functions=self._functions))
+        program = _Program(self._env.program(ast, functions=self._functions))
+        if not used & set(VARIABLES):
+            # No variables: the value is a constant, so its type can be known now.
+            try:
+                value = program._runner.evaluate({})
+            except Exception:  # an error here shows up per call, as for any rule
+                value = None
+            if value is not None and not isinstance(value, CELEvalError | celtypes.BoolType):
+                program.result_type = _TYPE_NAMES.get(type(value).__name__, "non-bool")
+        return program
 
     def activation(self, variables: Mapping[str, Any]) -> Any:
         return {name: json_to_cel(value) for name, value in variables.items()}
 
 
-def _check_names(ast: lark.Tree[Any], known_functions: frozenset[str]) -> list[CompileIssue]:
+_TYPE_NAMES = {"IntType": "int", "UintType": "uint", "DoubleType": "double", "StringType": "string",
+               "ListType": "list", "MapType": "map", "BytesType": "bytes"}  # fmt: skip
+
+
+def _check_names(
+    ast: lark.Tree[Any], known_functions: frozenset[str], used: set[str]
+) -> list[CompileIssue]:
     """Undeclared variables and functions, like cel-cpp's checker reports them."""
     issues: list[CompileIssue] = []
 
@@ -147,6 +163,7 @@ def _check_names(ast: lark.Tree[Any], known_functions: frozenset[str]) -> list[C
         data = node.data
         if data == "ident":
             name = str(node.children[0])
+            used.add(name)
             if name not in VARIABLES and name not in bound:
                 issues.append(_issue(node, f"undeclared reference to '{name}'"))
         elif data in ("ident_arg", "member_dot_arg"):

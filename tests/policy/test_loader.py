@@ -204,10 +204,10 @@ def test_a_misspelt_field_of_a_fixed_variable_is_an_error(write: Callable[..., P
 
 
 def test_a_when_that_is_not_boolean_is_an_error_where_the_type_is_known(
-    write: Callable[..., Path],
+    write: Callable[..., Path], engine: str
 ) -> None:
     path = write("r.yaml", "rules:\n  - id: a\n    effect: deny\n    when: 1 + 2\n")
-    (err,) = errors_of([path], "cel-expr")
+    (err,) = errors_of([path], engine)
     assert err.message == "`when` must be a boolean expression, but it returns int"
     assert err.text == "1 + 2"
 
