@@ -27,7 +27,8 @@ for `ask` decisions asks a human:
   "decline", "cancel", "unsupported" (client cannot elicit) and "timeout" deny.
 - 2026-07-28 (modern) era: the answer is an `InputRequiredResult` carrying an elicitation and an
   HMAC-signed `requestState` bound to this agent, tool and arguments; the client retries with
-  `inputResponses`, and `check` verifies the state and forwards (or denies) the retry. An
+  `inputResponses`, and `check` verifies the state and forwards (or denies) the retry; the
+  outcome (approved, declined) is recorded against the decision that asked. An
   upstream's own `requestState` on an approved call is wrapped by `rewrite_response`, so its
   further rounds need no second approval. Clients without the elicitation capability are denied.
 
@@ -143,12 +144,13 @@ class Verdict:
     era: Era = "handshake"
     approved: bool = False  # a human accepted this call (upstream input_required is re-wrapped)
     recorded: bool = False  # the decision event is in the store
+    pending: bool = False  # input_required sent: the outcome is recorded when the retry comes
     started: float = field(default_factory=time.monotonic)
 
 
 def denial_text(decision: Decision, *, why: str = "") -> str:
     """The text a model sees when a call is not forwarded."""
-    head = why or "mcpfw denied this tool call"
+    head = f"mcpfw: {why}" if why else "mcpfw denied this tool call"
     text = f"{head} (rule '{decision.rule}'"
     if decision.message:
         text += f": {decision.message}"
@@ -355,7 +357,20 @@ class GuardSession:
                 message="tool definition not approved",
                 reason=pin.reason,
             )
-        recorded = await self._record_decision(call, decision)
+        answered = (
+            approval is not None
+            and not approval.get("error")
+            and not approval.get("granted")
+            and decision.enforced
+            and decision.effect is Effect.ASK
+        )
+        if answered and approval is not None:
+            # The answer to our own question: its outcome belongs to the decision that asked,
+            # already committed when the question went out; no second decision event.
+            decision = replace(decision, id=str(approval.get("decision")))
+            recorded = True
+        else:
+            recorded = await self._record_decision(call, decision)
         if not recorded and settings.audit_failure != "allow":
             denied = replace(
                 decision,
@@ -473,8 +488,8 @@ class GuardSession:
         return replace(
             base,
             response=result_response(request.get("id"), result),
-            outcome=Outcome.DENIED,
-            detail="input_required: approval requested from the client; the retry is a new call",
+            pending=True,
+            detail="input_required: approval requested from the client",
         )
 
     def _call_digest(self, call: ToolCall) -> str:
@@ -508,8 +523,8 @@ class GuardSession:
             return clean, {"error": "it was issued for a different agent, tool or arguments"}
         if float(payload.get("e", 0)) < time.time():
             return clean, {"error": "it has expired; call the tool again"}
-        if payload.get("g") is True:
-            return clean, {"answer": "accept"}  # approved earlier; an upstream round follows
+        if payload.get("g") is True:  # approved earlier; an upstream round follows
+            return clean, {"answer": "accept", "granted": True, "decision": payload.get("d")}
         if nonce in self.guard._used_states:
             return clean, {"error": "it was already used"}
         self.guard._used_states.add(nonce)
@@ -517,7 +532,7 @@ class GuardSession:
         reply = responses.get(APPROVAL_KEY) if isinstance(responses, dict) else None
         if isinstance(reply, dict) and reply.get("action") in ("accept", "decline", "cancel"):
             answer = reply["action"]
-        return clean, {"answer": answer}
+        return clean, {"answer": answer, "decision": payload.get("d")}
 
     def rewrite_response(self, verdict: Verdict, response: Message) -> Message:
         """Wrap an upstream `requestState` on an approved modern call so retries stay approved."""
@@ -583,7 +598,7 @@ class GuardSession:
     ) -> None:
         """Record what happened to the call (never raises)."""
         store = self.guard.store
-        if store is None or verdict.decision is None or not verdict.recorded:
+        if store is None or verdict.decision is None or not verdict.recorded or verdict.pending:
             return
         is_error: bool | None = None
         result: Any = None

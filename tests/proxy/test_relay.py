@@ -184,8 +184,15 @@ async def test_modern_ask_uses_input_required_and_the_signed_retry_is_forwarded_
             )
         )
         assert "different agent, tool or arguments" in result_text(await h.client_gets())
-        effects = [d.effect for _, d in h.store.decisions]
-        assert effects == [Effect.ASK] * 4
+        # The question and its answer are one decision; the bad retries are decided anew.
+        decisions = [d for _, d in h.store.decisions]
+        assert [d.effect for d in decisions] == [Effect.ASK] * 3
+        with anyio.fail_after(5):
+            while len(h.store.outcomes) < 3:
+                await anyio.sleep(0)
+        assert h.store.outcome_of(decisions[0]) is Outcome.APPROVED
+        assert h.store.outcome_of(decisions[1]) is Outcome.DECLINED
+        assert h.store.outcome_of(decisions[2]) is Outcome.DECLINED
 
 
 async def test_modern_ask_without_elicitation_capability_is_denied(tmp_path: Path) -> None:
