@@ -101,6 +101,10 @@ class PinChecker:
         """Whether definitions are compared with pins at all."""
         return self.options.mode is not PinMode.OFF
 
+    def tool_names(self) -> set[str]:
+        """The tools of this server's latest listings."""
+        return set(self._tools)
+
     def findings(self, tool: str) -> tuple[Finding, ...]:
         """The scanner's findings on a tool's latest listed definition."""
         state = self._tools.get(tool)

@@ -8,7 +8,8 @@ the same pin, and every change is a single transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,9 +67,18 @@ class PinStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE),
+        so concurrent writers wait (busy timeout) instead of failing to upgrade a read lock."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+            async with conn.begin():
+                yield conn
+
     async def create_tables(self) -> None:
         """Create the pin tables if missing (the audit migrations do this for real stores)."""
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.run_sync(
                 lambda sync: tool_pins.metadata.create_all(
                     sync, tables=[tool_pins, pin_events], checkfirst=True
@@ -137,7 +147,7 @@ class PinStore:
         """Compare a listing with the pins; pin new tools (TOFU) and record drift."""
         for attempt in range(3):
             try:
-                async with self.engine.begin() as conn:
+                async with self._writing() as conn:
                     return await self._observe(
                         conn, server, tools, findings or {}, trust_on_first_use
                     )
@@ -234,7 +244,7 @@ class PinStore:
         """
         changed: list[Pin] = []
         try:
-            async with self.engine.begin() as conn:
+            async with self._writing() as conn:
                 query = select(tool_pins).where(tool_pins.c.server == server)
                 if tool is not None:
                     query = query.where(tool_pins.c.tool == tool)
@@ -269,7 +279,7 @@ class PinStore:
         """Pin the given definitions as approved (before or instead of first use)."""
         names: list[str] = []
         try:
-            async with self.engine.begin() as conn:
+            async with self._writing() as conn:
                 for tool in tools:
                     name = tool.get("name")
                     if not isinstance(name, str) or not name:
@@ -317,7 +327,7 @@ class PinStore:
         if tool is not None:
             query = query.where(tool_pins.c.tool == tool)
         try:
-            async with self.engine.begin() as conn:
+            async with self._writing() as conn:
                 count = (await conn.execute(query)).rowcount or 0
                 await self._event(conn, server or "*", tool or "*", "reset", "", "", actor)
         except SQLAlchemyError as exc:

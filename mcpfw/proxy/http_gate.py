@@ -25,6 +25,7 @@ from mcpfw.proxy.guard import AskAnswer, Guard, GuardSession, client_can_elicit_
 from mcpfw.proxy.guard import _elicit_params as elicit_params
 from mcpfw.proxy.http_endpoint import CallContext, Forward
 from mcpfw.proxy.http_session import AgentSession
+from mcpfw.proxy.relay import PinHook
 from mcpfw.proxy.shared_upstream import TIMEOUT_ERROR, Raw
 
 __all__ = ["HttpGate"]
@@ -42,8 +43,11 @@ def _identity(agent: Agent) -> str:
 class HttpGate:
     """Runs every HTTP tools/call through the Guard of its upstream."""
 
-    def __init__(self, guards: Mapping[str, Guard]) -> None:
+    def __init__(
+        self, guards: Mapping[str, Guard], pins: Mapping[str, PinHook] | None = None
+    ) -> None:
         self.guards = dict(guards)
+        self.pins = dict(pins or {})  # tool pinning per upstream: sees tools/list results first
         self._by_session: dict[tuple[int, str], GuardSession] = {}
         self._stateless: dict[tuple[str, str], GuardSession] = {}
 
@@ -74,6 +78,9 @@ class HttpGate:
 
     async def filter_tools(self, ctx: CallContext, server: str, result: Raw) -> Raw:
         session = await self._guard_session(ctx, server)
+        pins = self.pins.get(server)
+        if pins is not None:
+            result = await pins.on_tools_list(result)
         filtered: Raw = session.filter_tools(result)
         return filtered
 
