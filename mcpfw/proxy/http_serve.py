@@ -23,6 +23,7 @@ from mcpfw.proxy.guard import Guard, GuardSettings
 from mcpfw.proxy.http_checks import OriginPolicy
 from mcpfw.proxy.http_front import FrontLimits, HttpFirewall
 from mcpfw.proxy.http_gate import HttpGate
+from mcpfw.proxy.http_pins import pin_checkers
 from mcpfw.proxy.reload import RuleHolder
 from mcpfw.proxy.serve_upstreams import connector_for
 from mcpfw.proxy.shared_upstream import SharedUpstream
@@ -92,6 +93,11 @@ async def open_http_firewall(
             store = await stack.enter_async_context(
                 open_store(url, instance=instance, redaction=redaction)
             )
+        upstreams = {
+            name: SharedUpstream(name, connector_for(conf), timeout_s=conf.timeout_s)
+            for name, conf in config.upstreams.items()
+        }
+        pins = pin_checkers(config, store, upstreams)
         guards = {
             name: Guard(
                 rules=holder,
@@ -103,17 +109,14 @@ async def open_http_firewall(
                     ask_timeout_s=config.ask_timeout_s,
                     hide_denied=config.hide_denied,
                 ),
+                pins=pins[name],
             )
             for name in config.upstreams
-        }
-        upstreams = {
-            name: SharedUpstream(name, connector_for(conf), timeout_s=conf.timeout_s)
-            for name, conf in config.upstreams.items()
         }
         server = config.server
         firewall = HttpFirewall(
             upstreams=upstreams,
-            gate=HttpGate(guards),
+            gate=HttpGate(guards, pins=pins),
             authenticator=authenticator,
             auth=server.auth,
             origin=OriginPolicy.build(
