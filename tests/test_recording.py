@@ -336,3 +336,61 @@ async def test_recordings_are_stored_and_read_back_on_both_backends(store_url: s
     assert [m.decision_id for m in loaded.messages] == [decision.id, decision.id]
     assert loaded.decisions[decision.id].rule == "r1"
     assert [s.header.session_id for s in listed] == ["s1"]
+
+
+# ---------------------------------------------------------------- through the real firewall
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_mcpfw_run_record_stores_the_whole_session_linked_to_its_decisions(
+    tmp_path: Path,
+) -> None:
+    import os
+    import sys
+
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    from mcpfw.audit import open_store
+
+    root = Path(__file__).resolve().parent.parent
+    db = tmp_path / "audit.db"
+    args = [
+        "-m", "mcpfw.cli.replay_cmds", "run", "--record", "--agent", "dev", "--role", "developer",
+        "--rules", str(root / "fixtures/sessions/rules/original.yaml"), "--audit", str(db),
+        "--server", "notes", "--", sys.executable, str(root / "fixtures/sessions/notes_server.py"),
+    ]  # fmt: skip
+    params = StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ))
+    with anyio.fail_after(60):
+        async with Client(stdio_client(params, errlog=sys.__stderr__), cache=None,
+                          mode="legacy") as client:  # fmt: skip
+            await client.list_tools()
+            ok = await client.call_tool("read_file", {"path": "/ws/README.md"})
+            denied = await client.call_tool("read_file", {"path": "/ws/.env", "apiKey": "s3cr3t!"})
+        assert not ok.is_error and denied.is_error
+        async with open_store(str(db), instance="reader") as store:
+            (summary,) = await list_sessions(store.engine)
+            rec = await load_recording(store.engine, summary.header.session_id)
+            decisions = await store.list_events()
+    assert rec is not None
+    assert rec.header.agent.id == "dev" and rec.header.server == "notes"
+    methods = [(m.direction.value, m.method or "response") for m in rec.messages]
+    assert methods[:4] == [
+        ("c2s", "initialize"), ("s2c", "response"),
+        ("c2s", "notifications/initialized"), ("c2s", "tools/list"),
+    ]  # fmt: skip
+    assert [m.seq for m in rec.messages] == list(range(1, len(rec.messages) + 1))
+    calls = [m for m in rec.messages if m.method == "tools/call"]
+    assert [rec.decisions[c.decision_id or ""].rule for c in calls] == [
+        "workspace-read", "no-env-files"
+    ]  # fmt: skip
+    # each call's response carries the same decision; the denial is the firewall's own answer
+    answers = {m.decision_id: m for m in rec.messages if m.is_response and m.decision_id}
+    assert answers[calls[0].decision_id].source == ""
+    assert answers[calls[1].decision_id].source == "firewall"
+    # the recording and the audit log agree on the decisions, and the secret is in neither
+    logged = {e.id for e in decisions if e.kind == "decision"}
+    assert {c.decision_id for c in calls} <= logged
+    assert "s3cr3t!" not in json.dumps([m.message for m in rec.messages])
+    assert calls[1].redacted == ("/params/arguments/apiKey",)
