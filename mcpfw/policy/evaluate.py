@@ -28,23 +28,31 @@ def variables_for(ruleset: RuleSet, call: ToolCall) -> dict[str, Any]:
     agent = call.agent
     if not isinstance(call.arguments, Mapping):
         raise LimitExceeded("arguments must be a JSON object; denied unevaluated")
+    # Everything a client or a token can influence is bounded and made plain JSON: the
+    # arguments, and the agent and tool records (claims, roles, annotations, findings).
     return {
-        "agent": {
-            "id": agent.id,
-            "roles": [str(r) for r in agent.roles],
-            "claims": bound_json(agent.claims, limits),
-            "transport": agent.transport,
-        },
-        "tool": {
-            "name": call.tool,
-            "server": call.server,
-            "annotations": bound_json(call.annotations, limits),
-            "findings": [str(f) for f in call.findings],
-        },
+        "agent": bound_json(
+            {
+                "id": agent.id,
+                "roles": list(agent.roles),
+                "claims": agent.claims,
+                "transport": agent.transport,
+            },
+            limits,
+        ),
+        "tool": bound_json(
+            {
+                "name": call.tool,
+                "server": call.server,
+                "annotations": call.annotations,
+                "findings": list(call.findings),
+            },
+            limits,
+        ),
         "args": bound_json(call.arguments, limits),
-        "session": {"id": call.session_id, "calls": int(call.session_calls)},
+        "session": {"id": str(call.session_id), "calls": int(call.session_calls)},
         "request": {
-            "method": call.method,
+            "method": str(call.method),
             "time": call.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         },
     }

@@ -209,6 +209,10 @@ def test_limits_are_configurable_and_cover_claims(write: Callable[..., Any]) -> 
     assert evaluate(rs, call(args={"l": [1, 2, 3, 4, 5, 6]})).rule == "limits"
     agent = Agent(id="a", claims={"blob": "x" * 200})
     assert evaluate(rs, ToolCall(agent=agent, tool="t")).rule == "limits"
+    many_roles = Agent(id="a", roles=tuple(f"r{i}" for i in range(50)))
+    assert evaluate(rs, ToolCall(agent=many_roles, tool="t")).rule == "limits"
+    nul_in_id = Agent(id="a\x00b")
+    assert evaluate(rs, ToolCall(agent=nul_in_id, tool="t")).rule == "limits"
 
 
 def test_monitor_mode_gives_the_same_decision_unenforced(ruleset: Load) -> None:
