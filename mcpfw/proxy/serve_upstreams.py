@@ -1,8 +1,9 @@
 """Connectors for `mcpfw serve`: one configured upstream as a (read, write) pair of raw dicts.
 
 They reuse the stdio firewall's connectors (`mcpfw.proxy.upstream`): a stdio command is
-spawned once with the firewall's environment plus the upstream's own `env` from the config;
-an HTTP upstream is reached with only the upstream's own `headers` from the config (its
+spawned once with the firewall's environment plus the upstream's own `env` from the config.
+An HTTP upstream is reached through the lean client of `http_upstream_client` (it is on the
+hot path of every agent's call) with only the upstream's own `headers` from the config (its
 credentials; an agent's token is never among them).
 """
 
@@ -14,8 +15,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from mcpfw.config import UpstreamConfig
+from mcpfw.proxy.http_upstream_client import http_session
 from mcpfw.proxy.shared_upstream import Connector
-from mcpfw.proxy.upstream import http_upstream, stdio_upstream
+from mcpfw.proxy.upstream import stdio_upstream
 
 __all__ = ["connector_for"]
 
@@ -26,8 +28,8 @@ def connector_for(conf: UpstreamConfig) -> Connector:
     @asynccontextmanager
     async def connect() -> AsyncIterator[tuple[Any, Any]]:
         if conf.url is not None:
-            async with http_upstream(conf.url, headers=dict(conf.headers), name=conf.name) as ch:
-                yield ch.read, ch.write
+            async with http_session(conf.url, dict(conf.headers)) as (read, write):
+                yield read, write
         else:
             command = [conf.command or "", *conf.args]
             env = {**os.environ, **conf.env}

@@ -1,0 +1,343 @@
+"""`tools/call` over HTTP: 50 concurrent agents through one `mcpfw serve` vs direct.
+
+Three processes on this machine: a streamable-HTTP tool server (the upstream), `mcpfw serve`
+in front of it (audit on SQLite, a policy of 100 rules, every agent with its own JWT and its
+own session), and this script as the load generator (50 agents, one keep-alive connection
+each, a minimal HTTP/1.1 client so the generator is not the bottleneck). Both paths are
+measured in the same run against the same upstream process:
+
+    .venv/bin/python bench/bench_http.py [--agents 50] [--seconds 5]
+
+Targets (issue 5): through-mcpfw throughput >= 60% of direct and >= 1000 calls/s, added
+median latency <= 2 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-secret-bench-secret-bench-secret"
+AUDIENCE = "mcpfw-bench"
+ISSUER = "https://idp.bench"
+
+
+# --- the upstream: a minimal stateless-JSON streamable-HTTP tool server --------------------
+
+
+def upstream_app() -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()
+                kind = event["type"].rsplit(".", 1)[1]
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        body = b""
+        more = True
+        while more:
+            event = await receive()
+            body += event.get("body", b"")
+            more = event.get("more_body", False)
+        message = json.loads(body) if body else {}
+        method = message.get("method")
+        if "id" not in message:
+            status, out = 202, b""
+        else:
+            if method == "initialize":
+                result: dict[str, Any] = {
+                    "protocolVersion": message["params"]["protocolVersion"],
+                    "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "bench-upstream", "version": "1"},
+                }
+            elif method == "tools/list":
+                result = {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
+            else:
+                args = message.get("params", {}).get("arguments", {})
+                result = {"content": [{"type": "text", "text": json.dumps(args)}]}
+            status = 200
+            out = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(out)).encode()),
+            (b"mcp-session-id", b"bench"),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+    return app
+
+
+def run_upstream(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(upstream_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --- load generator: one keep-alive HTTP/1.1 connection per agent --------------------------
+
+
+class Conn:
+    def __init__(self, host: str, port: int, path: str, headers: dict[str, str]) -> None:
+        self.host, self.port, self.path, self.headers = host, port, path, dict(headers)
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        data = json.dumps(body).encode()
+        head = [
+            f"POST {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Content-Type: application/json",
+            "Accept: application/json, text/event-stream",
+            f"Content-Length: {len(data)}",
+            *(f"{k}: {v}" for k, v in self.headers.items()),
+        ]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        status_line = await self.reader.readline()
+        if b" 200 " not in status_line and b" 202 " not in status_line:
+            raise RuntimeError(f"unexpected answer: {status_line!r}")
+        headers: dict[str, str] = {}
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            key, _, value = line.decode().partition(":")
+            headers[key.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        return headers, await self.reader.readexactly(length) if length else b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def run_load(
+    url: str, agents: int, seconds: float, *, session: bool, tokens: list[str] | None
+) -> tuple[int, list[float], float]:
+    match = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
+    assert match
+    host, port, path = match.group(1), int(match.group(2)), match.group(3)
+    conns = []
+    for i in range(agents):
+        headers = {"Authorization": f"Bearer {tokens[i]}"} if tokens else {}
+        conn = Conn(host, port, path, headers)
+        await conn.open()
+        if session:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": f"agent-{i}", "version": "1"},
+                },
+            }
+            got, _ = await conn.post(init)
+            conn.headers["Mcp-Session-Id"] = got["mcp-session-id"]
+            await conn.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        conns.append(conn)
+    latencies: list[float] = []
+    stop_at = 0.0
+    measuring = False
+
+    async def agent(conn: Conn, n: int) -> None:
+        i = 0
+        while time.perf_counter() < stop_at:
+            i += 1
+            body = {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"path": f"/workspace/{n}/{i}.txt"}},
+            }
+            started = time.perf_counter()
+            _, raw = await conn.post(body)
+            elapsed = time.perf_counter() - started
+            if b'"result"' not in raw or b'"isError":true' in raw:
+                raise RuntimeError(f"call failed: {raw[:300]!r}")
+            if measuring:
+                latencies.append(elapsed)
+
+    stop_at = time.perf_counter() + 1.0  # warm-up
+    await asyncio.gather(*(agent(c, n) for n, c in enumerate(conns)))
+    measuring = True
+    started = time.perf_counter()
+    stop_at = started + seconds
+    await asyncio.gather(*(agent(c, n) for n, c in enumerate(conns)))
+    wall = time.perf_counter() - started
+    for conn in conns:
+        conn.close()
+    return len(latencies), latencies, wall
+
+
+# --- setup ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_rules(path: Path) -> None:
+    rules = ["default: deny", "rules:"]
+    for i in range(98):  # 98 rules for other agents/tools: indexed away by their prefilters
+        rules += [
+            f"  - id: other-{i}",
+            "    effect: allow",
+            f'    agents: ["team-{i}-*"]',
+            f"    tools: [tool_{i}]",
+            '    when: args.path.startsWith("/srv/")',
+        ]
+    rules += [
+        "  - id: agents-workspace",
+        "    effect: allow",
+        '    agents: ["agent-*"]',
+        "    tools: [echo]",
+        '    when: args.path.startsWith("/workspace/") && !args.path.contains("..")',
+        "  - id: no-secrets",
+        "    effect: deny",
+        '    when: has(args.path) && args.path.matches("(?i)\\\\.(env|pem|key)$")',
+    ]
+    path.write_text("\n".join(rules) + "\n")
+
+
+def wait_for(process: subprocess.Popen[str], pattern: str, timeout_s: float = 30) -> str:
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    for line in process.stderr:
+        found = re.search(pattern, line)
+        if found:
+            return found.group(1)
+        if time.monotonic() > deadline:
+            break
+    raise RuntimeError(f"process did not report {pattern!r}")
+
+
+def wait_ready(url: str, timeout_s: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} never became ready")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stats(latencies: list[float]) -> tuple[float, float]:
+    ordered = sorted(latencies)
+    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99)] * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--role", default="bench")
+    parser.add_argument("--port", type=int, default=0)
+    opts = parser.parse_args()
+    if opts.role == "upstream":
+        run_upstream(opts.port)
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
+    up_port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, __file__, "--role", "upstream", "--port", str(up_port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    write_rules(tmp / "rules.yaml")
+    (tmp / "mcpfw.yaml").write_text(
+        "rules: rules.yaml\n"
+        f"audit: {{url: {tmp / 'audit.db'}}}\n"
+        f"upstreams:\n  bench: {{url: 'http://127.0.0.1:{up_port}/mcp'}}\n"
+        "server:\n  auth:\n"
+        f"    jwt: {{secret: {SECRET}, issuer: '{ISSUER}', audience: {AUDIENCE}}}\n"
+    )
+    firewall = subprocess.Popen(
+        [sys.executable, *os.environ.get("BENCH_FW_ENTRY", "-c|from mcpfw.cli import main; main()").split("|"), "serve",
+         "--config", str(tmp / "mcpfw.yaml"), "--port", "0", "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        base = wait_for(firewall, r"listening on (http://\S+) ")
+        fw_url = base + "/mcp/bench"
+        wait_ready(base + "/readyz")
+        tokens = [
+            jwt.encode(
+                {"sub": f"agent-{i}", "aud": AUDIENCE, "iss": ISSUER, "exp": time.time() + 3600},
+                SECRET,
+            )
+            for i in range(opts.agents)
+        ]
+        direct = asyncio.run(
+            run_load(f"http://127.0.0.1:{up_port}/mcp", opts.agents, opts.seconds,
+                     session=False, tokens=None)
+        )  # fmt: skip
+        up_cpu = cpu_seconds(upstream.pid)
+        through = asyncio.run(
+            run_load(fw_url, opts.agents, opts.seconds, session=True, tokens=tokens)
+        )
+        fw_cpu = cpu_seconds(firewall.pid)  # includes start-up and warm-up: an upper bound
+        up_cpu = cpu_seconds(upstream.pid) - up_cpu
+    finally:
+        for process in (firewall, upstream):
+            process.send_signal(2)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    d_rate, t_rate = direct[0] / direct[2], through[0] / through[2]
+    d_med, d_p99 = stats(direct[1])
+    t_med, t_p99 = stats(through[1])
+    print(f"{opts.agents} concurrent agents, {opts.seconds:g} s per path, tools/call over HTTP,")
+    print("audit on SQLite, 100-rule policy, JWT per agent, one upstream session for all.\n")
+    print("| path | calls/s | median ms | p99 ms |")
+    print("|---|---:|---:|---:|")
+    print(f"| direct to upstream | {d_rate:,.0f} | {d_med:.2f} | {d_p99:.2f} |")
+    print(f"| through mcpfw serve | {t_rate:,.0f} | {t_med:.2f} | {t_p99:.2f} |")
+    print(
+        f"\nCPU per call (upper bound, incl. start-up): mcpfw {fw_cpu / through[0] * 1e3:.2f} ms,"
+        f" upstream {up_cpu / through[0] * 1e3:.2f} ms"
+    )
+    print(
+        f"\nthroughput ratio {t_rate / d_rate:.0%} (target >= 60%), "
+        f"{t_rate:,.0f} calls/s (target >= 1000), "
+        f"added median {t_med - d_med:.2f} ms (target <= 2 ms)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
