@@ -328,6 +328,13 @@ def replay(
     except ReplayError as exc:
         _fail(str(exc))
     replay_view.print_replay(outcome, fmt=fmt)
+    if outcome.report.total == 0:
+        click.echo(
+            "mcpfw: warning: no recorded tool calls matched ("
+            + "; ".join(outcome.sources)
+            + "): nothing was compared",
+            err=True,
+        )
     changed = outcome.report.changed or (
         outcome.execution is not None and outcome.execution.changed
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -129,9 +129,7 @@ def print_recording(recording: Recording, *, fmt: str | None) -> None:
         what = m.method or ("error" if "error" in m.message else "result")
         decision = recording.decisions.get(m.decision_id or "")
         verdict = f"{decision.effect.value} ({decision.rule})" if decision else ""
-        body = (
-            m.message.get("params") if m.method else m.message.get("result", m.message.get("error"))
-        )
+        body = _body(m.message)
         rows.append(
             (
                 str(m.seq),
@@ -143,6 +141,21 @@ def print_recording(recording: Recording, *, fmt: str | None) -> None:
             )
         )
     _table(("seq", "time", "dir", "message", "body", "decision"), rows, fmt)
+
+
+def _body(message: Mapping[str, Any]) -> Any:
+    """What a message says, without the `_meta` envelope that hides it in a narrow column."""
+    if "method" in message:
+        params = message.get("params")
+        if not isinstance(params, Mapping):
+            return ""
+        if message["method"] == "tools/call":
+            return f"{params.get('name')} {canonical_json(params.get('arguments') or {})}"
+        return {k: v for k, v in params.items() if k != "_meta"}
+    body = message.get("result", message.get("error"))
+    if isinstance(body, Mapping):
+        return {k: v for k, v in body.items() if k not in ("_meta", "resultType", "cacheScope")}
+    return body if body is not None else ""
 
 
 # ---------------------------------------------------------------- replay

@@ -76,6 +76,13 @@ def test_replay_json_output_matches_the_expected_fixture_diff() -> None:
     assert data["sources"] == [str(DEV), str(CI)]
 
 
+def test_a_replay_that_matches_no_call_says_so() -> None:
+    res = invoke("replay", "--rules", RULES / "original.yaml", "--file", DEV, "--agent", "nobody")
+    assert res.exit_code == 0
+    assert "0 calls replayed" in res.output
+    assert "no recorded tool calls matched" in res.output
+
+
 def test_broken_candidate_rules_exit_2_with_file_line_and_column(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("default: deny\nrules:\n  - id: x\n    effect: allow\n    when: 'args.('\n")
