@@ -218,3 +218,11 @@ async def test_a_broken_database_raises_pin_store_error(tmp_path: Path) -> None:
             await PinStore(engine).pins()
     finally:
         await engine.dispose()
+
+
+async def test_an_unchanged_listing_writes_nothing(store: PinStore, server: str) -> None:
+    await store.observe(server, [ADD, ECHO])
+    before = await store.pins(server)
+    await store.observe(server, [ECHO, ADD])
+    assert await store.pins(server) == before  # seen_at untouched: nothing was written
+    assert len(await store.events(server)) == 2

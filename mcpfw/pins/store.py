@@ -144,7 +144,20 @@ class PinStore:
         findings: Mapping[str, Sequence[Finding]] | None = None,
         trust_on_first_use: bool = True,
     ) -> list[ToolCheck]:
-        """Compare a listing with the pins; pin new tools (TOFU) and record drift."""
+        """Compare a listing with the pins; pin new tools (TOFU) and record drift.
+
+        A listing identical to the last one seen is only read, never written: agents list
+        tools often, and a write would take the database's write lock every time.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                query = select(tool_pins).where(tool_pins.c.server == server)
+                pins = {row.tool: _pin(row) for row in (await conn.execute(query)).all()}
+        except SQLAlchemyError as exc:
+            raise PinStoreError(f"cannot read pins: {exc}") from exc
+        checks = compare(pins, tools, trust_on_first_use=trust_on_first_use)
+        if all(c.tool in pins and pins[c.tool].seen_digest == c.digest for c in checks):
+            return checks
         for attempt in range(3):
             try:
                 async with self._writing() as conn:
