@@ -176,7 +176,11 @@ def load_cases(path: Path) -> tuple[list[TestCase], list[LoadError]]:
     elif root is not None:
         pos = at(root)
         err(pos.line, pos.column, "a test file must be a mapping with `cases:`")
-    cases = [c for c in (_case(file, node, problems) for node in items) if c is not None]
+    try:
+        cases = [c for c in (_case(file, node, problems) for node in items) if c is not None]
+    except RecursionError:  # constructing a deeply nested value
+        cases = []
+        problems.append(Problem(1, 1, "YAML nested too deeply to load"))
     errors.extend(
         LoadError(
             file=file, line=p.line, column=p.column, rule_id=None, message=p.message, text=p.text

@@ -42,6 +42,8 @@ def parse(text: str) -> yaml.Node | Problem | None:
         return Problem(line, column, f"YAML syntax error: {what}")
     except yaml.YAMLError as exc:
         return Problem(1, 1, f"YAML error: {exc}")
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        return Problem(1, 1, "YAML nested too deeply to load")
 
 
 def at(node: yaml.Node) -> Located:

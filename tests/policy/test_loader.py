@@ -73,6 +73,12 @@ def test_a_yaml_syntax_error_has_its_position(write: Callable[..., Path]) -> Non
     assert err.file == str(path) and err.line >= 3 and "YAML syntax error" in err.message
 
 
+def test_absurdly_nested_yaml_is_an_error_not_a_crash(write: Callable[..., Path]) -> None:
+    path = write("deep.yaml", "rules: " + "[" * 5000 + "]" * 5000)
+    (err,) = errors_of([path])
+    assert err.message == "YAML nested too deeply to load"
+
+
 def test_unknown_fields_are_reported_with_did_you_mean(write: Callable[..., Path]) -> None:
     path = write(
         "r.yaml",

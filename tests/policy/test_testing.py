@@ -176,6 +176,14 @@ def test_cases_carry_agent_server_and_args(write: Callable[..., Path]) -> None:
     assert case.want is Effect.ASK and case.name == "t_test.yaml:2"
 
 
+def test_absurdly_nested_test_files_are_an_error(write: Callable[..., Path]) -> None:
+    path = write(
+        "deep_test.yaml", "cases: [{tool: t, want: deny, args: " + "[" * 3000 + "]" * 3000 + "}]"
+    )
+    cases, errors = load_cases(path)
+    assert cases == [] and errors[0].message == "YAML nested too deeply to load"
+
+
 def test_test_file_errors_make_the_report_not_ok(project: Path, write: Callable[..., Path]) -> None:
     write("p/bad_test.yaml", "cases: {}\n")
     report = run_tests([project])
