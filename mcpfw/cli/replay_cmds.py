@@ -349,11 +349,17 @@ def replay(
 @click.command("serve-recording")
 @click.argument("recording_file", type=click.Path(path_type=Path))
 @_config_option
-def serve_recording(recording_file: Path, config_path: Path | None) -> None:
-    """Serve a JSONL recording as a stdio MCP server (for offline agent and policy tests).
+@click.option("--http", "http", is_flag=True, help="Serve streamable HTTP at /mcp, not stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP bind address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8766, show_default=True)
+def serve_recording(
+    recording_file: Path, config_path: Path | None, http: bool, host: str, port: int
+) -> None:
+    """Serve a JSONL recording as an MCP server (for offline agent and policy tests).
 
     Answers initialize / server/discover, tools/list and every recorded request with the
     recorded response; a request that was never recorded gets a JSON-RPC error naming it.
+    Stdio by default; --http serves http://HOST:PORT/mcp.
     """
     from mcpfw.recording.serve import RecordedUpstream, serve_stdio
     from mcpfw.replay.db import redactor_for
@@ -361,7 +367,21 @@ def serve_recording(recording_file: Path, config_path: Path | None) -> None:
     recording = _load_recording_or_fail(recording_file)
     redact = _call_or_fail(redactor_for, config_path)
     upstream = RecordedUpstream(recording, redact=lambda v: redact(v)[0])
-    anyio.run(serve_stdio, upstream)
+    if not http:
+        anyio.run(serve_stdio, upstream)
+        return
+    import uvicorn
+
+    from mcpfw.recording.serve_http import recording_app
+
+    click.echo(f"serving {recording_file} at http://{host}:{port}/mcp", err=True)
+    config = uvicorn.Config(
+        recording_app(upstream), host=host, port=port, log_level="warning", access_log=False
+    )
+    try:
+        uvicorn.Server(config).run()
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 # ---------------------------------------------------------------- helpers

@@ -422,3 +422,45 @@ def test_every_command_and_option_is_documented() -> None:
             if isinstance(param, click.Option) and param.name not in ("audit_url", "config_path"):
                 assert any(o in doc for o in param.opts), f"{name} {param.opts}"
     assert "--audit" in doc and "--config" in doc
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+@pytest.mark.parametrize(("recording", "era"), [(DEV, "2025-11-25"), (CI, "2026-07-28")])
+async def test_serve_recording_over_http_answers_a_real_sdk_client(
+    recording: Path, era: str
+) -> None:
+    import socket
+
+    import httpx
+    import uvicorn
+    from mcp import Client
+
+    from mcpfw.recording import RecordedUpstream, load_jsonl
+    from mcpfw.recording.serve_http import recording_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(recording_app(RecordedUpstream(load_jsonl(recording))), log_level="warning")
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            # listening already: connections wait in the backlog until uvicorn accepts them
+            tg.start_soon(lambda: server.serve(sockets=[sock]))
+            async with Client(url, cache=None) as client:
+                assert client.protocol_version == era
+                result = await client.call_tool("read_file", {"path": "/ws/README.md"})
+                assert "demo workspace" in result.content[0].text  # type: ignore[union-attr]
+            async with httpx.AsyncClient() as http:
+                body = {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}
+                mismatch = await http.post(url, json=body, headers={"Mcp-Method": "tools/call"})
+                hostile = await http.post(
+                    url, json=body, headers={"Origin": "https://evil.example"}
+                )
+            server.should_exit = True
+    assert mismatch.status_code == 400 and mismatch.json()["error"]["code"] == -32020
+    assert hostile.status_code == 403
