@@ -24,7 +24,7 @@ _TYPES: dict[str, Any] = {
     "list": _T.List(_T.DYN),
     "dyn": _T.DYN,
 }
-_ISSUE = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*?)(?:\n \||$)", re.S)
+_ISSUE = re.compile(r"ERROR: <input>:(-?\d+):(-?\d+): (.*?)(?=\n \||\nERROR: |$)", re.S)
 
 
 def _declare(sig: Signature) -> Any:
@@ -122,10 +122,10 @@ class CelExprEngine:
 
 def _issues(message: str) -> list[CompileIssue]:
     found = [
-        CompileIssue(int(m.group(1)), int(m.group(2)), _tidy(m.group(3)))
+        CompileIssue(max(int(m.group(1)), 1), max(int(m.group(2)), 1), _tidy(_short(m.group(3))))
         for m in _ISSUE.finditer(message)
     ]
-    return found or [CompileIssue(1, 1, _short(message))]
+    return list(dict.fromkeys(found)) or [CompileIssue(1, 1, _short(message))]
 
 
 def _tidy(message: str) -> str:

@@ -123,6 +123,12 @@ class CelPythonEngine:
 
     def compile(self, text: str) -> _Program:
         try:
+            return self._compile(text)
+        except RecursionError:  # lark and the tree walks recurse once per nesting level
+            raise CompileError([CompileIssue(1, 1, "expression nested too deeply")]) from None
+
+    def _compile(self, text: str) -> _Program:
+        try:
             ast = self._env.compile(text)
         except CELParseError as exc:
             line, column = exc.line or 1, exc.column or 1

@@ -89,3 +89,15 @@ def test_engine_activation_accepts_plain_json(engine: str) -> None:
     cel = get_engine(engine)
     data: dict[str, Any] = {"args": {"a": [1, {"b": None}], "f": 1.5}}
     assert cel.compile("args.a[1].b == null && args.f > 1.0").run(cel.activation(data))
+
+
+def test_expressions_nested_too_deeply_are_compile_errors(engine: str) -> None:
+    with pytest.raises(CompileError) as info:
+        get_engine(engine).compile("(" * 3000 + "true" + ")" * 3000)
+    assert len(info.value.issues) == 1 and info.value.issues[0].line >= 1
+
+
+def test_long_or_chains_compile_on_both_engines(engine: str) -> None:
+    cel = get_engine(engine)
+    program = cel.compile(" || ".join(f"args.n == {i}" for i in range(100)))
+    assert program.run(cel.activation({"args": {"n": 99}})) is True
