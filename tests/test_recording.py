@@ -394,3 +394,92 @@ async def test_mcpfw_run_record_stores_the_whole_session_linked_to_its_decisions
     assert {c.decision_id for c in calls} <= logged
     assert "s3cr3t!" not in json.dumps([m.message for m in rec.messages])
     assert calls[1].redacted == ("/params/arguments/apiKey",)
+
+
+# ---------------------------------------------------------------- the recorded upstream
+
+
+def _served() -> Any:
+    from mcpfw.recording import RecordedUpstream
+
+    redact = message_redactor(Redactor(RedactionConfig(pointers=("/note",))))
+    call = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": "save", "arguments": {"note": "private text"}},
+    }
+    recorded_call, paths = redact(call)
+    msgs = [
+        ({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "x"}},
+         "c2s", ""),
+        ({"jsonrpc": "2.0", "id": 1, "result": {"protocolVersion": "2025-06-18"}}, "s2c", ""),
+        ({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+          "params": {"name": "read", "arguments": {"p": 1}, "_meta": {"progressToken": 1}}},
+         "c2s", ""),
+        ({"jsonrpc": "2.0", "id": 2, "result": {"content": [{"type": "text", "text": "one"}]}},
+         "s2c", ""),
+        ({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+          "params": {"name": "read", "arguments": {"p": 1}}}, "c2s", ""),
+        ({"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": "two"}]}},
+         "s2c", ""),
+        ({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+          "params": {"name": "rm", "arguments": {"p": 1}}}, "c2s", ""),
+        ({"jsonrpc": "2.0", "id": 4, "result": {"isError": True, "content": []}}, "s2c",
+         "firewall"),
+        (recorded_call, "c2s", ""),
+        ({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "saved"}]}},
+         "s2c", ""),
+    ]  # fmt: skip
+    rec = Recording(
+        header=_recording().header,
+        messages=tuple(
+            RecordedMessage(seq=i + 1, time=T0, direction=Direction(d), message=m, source=src)
+            for i, (m, d, src) in enumerate(msgs)
+        ),
+        source="s.jsonl",
+    )
+    assert paths == ("/params/arguments/note",)
+    return RecordedUpstream(rec, redact=lambda m: redact(m)[0])
+
+
+def _ask(up: Any, method: str, params: Any, rid: int = 99) -> Any:
+    return up.answer({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+
+
+def test_the_recorded_upstream_answers_handshakes_whatever_the_client_sends() -> None:
+    up = _served()
+    answer = _ask(up, "initialize", {"protocolVersion": "2025-11-25", "clientInfo": {"n": 1}}, 7)
+    assert answer == {"jsonrpc": "2.0", "id": 7, "result": {"protocolVersion": "2025-06-18"}}
+    assert _ask(up, "ping", None)["result"] == {}
+    assert up.answer({"jsonrpc": "2.0", "method": "notifications/initialized"}) is None
+
+
+def test_repeated_calls_get_their_recorded_answers_in_order_then_the_last_again() -> None:
+    up = _served()
+    texts = [
+        _ask(up, "tools/call", {"name": "read", "arguments": {"p": 1}, "_meta": {"x": n}})[
+            "result"
+        ]["content"][0]["text"]
+        for n in range(3)
+    ]
+    assert texts == ["one", "two", "two"]
+
+
+def test_a_never_recorded_request_gets_an_error_naming_it() -> None:
+    up = _served()
+    unknown = _ask(up, "resources/read", {"uri": "file:///x"})["error"]
+    assert unknown["code"] == -32601
+    assert unknown["message"] == "resources/read was never recorded in s.jsonl"
+    other_args = _ask(up, "tools/call", {"name": "read", "arguments": {"p": 2}})["error"]
+    assert other_args["code"] == -32602
+    assert 'tools/call read with arguments {"p":2} was not recorded' in other_args["message"]
+    assert other_args["data"]["recorded_arguments"] == [{"p": 1}, {"p": 1}]
+    denied = _ask(up, "tools/call", {"name": "rm", "arguments": {"p": 1}})["error"]
+    assert "denied by the firewall" in denied["message"]
+
+
+def test_a_call_with_a_redacted_value_matches_its_recording() -> None:
+    up = _served()
+    answer = _ask(up, "tools/call", {"name": "save", "arguments": {"note": "other private"}})
+    assert answer["result"]["content"][0]["text"] == "saved"

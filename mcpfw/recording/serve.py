@@ -28,7 +28,7 @@ NOT_RECORDED_METHOD = -32601
 NOT_RECORDED_PARAMS = -32602
 _BY_METHOD_ONLY = frozenset({"initialize", "server/discover"})
 
-Redactor = Callable[[Any], Any]
+Redactor = Callable[[Any], Any]  # a whole JSON-RPC message -> the same message, redacted
 
 
 def _key(method: str, params: Any) -> str:
@@ -101,7 +101,9 @@ class RecordedUpstream:
         if method == "ping":
             return {"result": {}}
         if self._redact is not None and params is not None:
-            params = self._redact(params)
+            # redact the request as the recorder did (pointers apply to a call's arguments)
+            redacted = self._redact({"jsonrpc": "2.0", "id": 0, "method": method, "params": params})
+            params = redacted.get("params") if isinstance(redacted, Mapping) else params
         key = _key(method, params)
         queue = self._answers.get(key)
         if queue:
