@@ -376,17 +376,20 @@ def tail(
             printed += 1
             if max_events is not None and printed >= max_events:
                 return
-        for event in last:
-            seen[event.id] = time.monotonic()
         mark = last[0].time if last else utcnow()
-        while True:
-            await asyncio.sleep(interval)
+
+        async def window() -> list[AuditEvent]:
             # events from other writers can land slightly out of time order: look back a bit
             since = mark - timedelta(seconds=30)
             fields = {n: getattr(flt, n) for n in EventFilter.__dataclass_fields__}
             fields["since"] = max(since, flt.since) if flt.since else since
-            fresh = await store.list_events(EventFilter(**fields), limit=10_000, newest_first=False)
-            for event in fresh:
+            return await store.list_events(EventFilter(**fields), limit=10_000, newest_first=False)
+
+        for event in [*last, *await window()]:  # everything already there counts as seen
+            seen[event.id] = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            for event in await window():
                 if event.id in seen:
                     continue
                 seen[event.id] = time.monotonic()
@@ -437,6 +440,10 @@ def stats(audit_url: str | None, flt: EventFilter, top: int, fmt: str) -> None:
     ):
         if rows:
             console.print(_stat_table(title, rows))
+
+
+def _events(n: int) -> str:
+    return f"{n} event" if n == 1 else f"{n} events"
 
 
 def _fmt_time(value: datetime | None) -> str:
@@ -637,9 +644,9 @@ def prune(audit_url: str | None, before: str, dry_run: bool, force: bool, fmt: s
         return
     console = _console()
     verb = "would prune" if dry_run else "pruned"
-    console.print(f"{verb} {result.pruned} events older than {_fmt_time(cutoff)}")
+    console.print(f"{verb} {_events(result.pruned)} older than {_fmt_time(cutoff)}")
     for c in result.chains:
         console.print(
-            f"  {c.instance}: {c.pruned} events, checkpoint at seq {c.checkpoint_seq} "
+            f"  {c.instance}: {_events(c.pruned)}, checkpoint at seq {c.checkpoint_seq} "
             f"({c.checkpoint_hash[:16]}…)"
         )
