@@ -167,6 +167,7 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
             )
             session_ready.set(session)
             if recorder is not None and store is not None:
+                recorder.will_start()  # a session that ends at once still gets written
                 tg.start_soon(_start_recording, recorder, store, session, options)
 
         tg.start_soon(start_session)

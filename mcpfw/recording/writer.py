@@ -147,6 +147,8 @@ class SessionRecorder:
         self._seq = 0
         self._wake = anyio.Event()
         self._started = anyio.Event()
+        self._start_done = anyio.Event()  # start() finished, well or not
+        self._start_requested = False
         self._closed = False
         self._lock = anyio.Lock()
         self.written = 0
@@ -198,8 +200,19 @@ class SessionRecorder:
         else:
             self._late.append((seq, recorded))
 
+    def will_start(self) -> None:
+        """Say that `start()` has been scheduled, so `aclose()` waits for it, not drops."""
+        self._start_requested = True
+
     async def start(self, engine: AsyncEngine, header: SessionHeader, *, redact: Redactor) -> None:
         """Create the session row; from now on queued messages are written."""
+        self._start_requested = True
+        try:
+            await self._start(engine, header, redact)
+        finally:
+            self._start_done.set()
+
+    async def _start(self, engine: AsyncEngine, header: SessionHeader, redact: Redactor) -> None:
         claims, _ = redact(dict(header.agent.claims))
         a = header.agent
         self.header = SessionHeader(
@@ -252,11 +265,15 @@ class SessionRecorder:
                 await self._wake.wait()
             self._wake = anyio.Event()
             await self.flush()
+        await self.flush()
 
     async def aclose(self, *, reason: str = "") -> None:
         """Write what is left and mark the session ended (drops it if never started)."""
         self._closed = True
         self._wake.set()
+        if self.engine is None and self._start_requested:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await self._start_done.wait()  # a short session can end before its start
         if self.engine is None:
             if self._queue:
                 log.error(
