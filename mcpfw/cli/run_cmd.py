@@ -8,6 +8,7 @@ heavy (rich, SQL reporting) is imported here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -71,15 +72,45 @@ def run(**opts: Any) -> None:
 
     configure_logging(opts["log_level"])
     options = resolve(opts)
+    # Start the upstream first: it usually takes longer to start than our rules take to compile.
+    from dataclasses import replace
+
+    from mcpfw.proxy.upstream import UpstreamStartError, spawn
+
+    process = None
+    if options.command and not options.url:
+        try:
+            process = spawn(options.command, env=options.env, cwd=options.cwd)
+        except UpstreamStartError as exc:
+            options = replace(options, start_error=str(exc))
+    load_rules(options.rules, process)
     import anyio
 
     from mcpfw.proxy.runner import run_stdio
 
-    sys.exit(anyio.run(run_stdio, options))
+    sys.exit(anyio.run(run_stdio, replace(options, process=process)))
+
+
+def load_rules(holder: Any, process: Any = None) -> None:
+    """Compile the rules; on errors stop the upstream (if started) and exit 2 listing them."""
+    from mcpfw.policy import RuleSetError
+
+    try:
+        holder.load()
+    except RuleSetError as exc:
+        if process is not None:
+            import signal
+
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        _fail("rules have errors:\n" + "\n".join(f"  {e}" for e in exc.errors))
 
 
 def resolve(opts: dict[str, Any]) -> Any:
-    """Flags over config over defaults -> `RunOptions`; exits 2 with a clear message if bad."""
+    """Flags over config over defaults -> `RunOptions` (rules not yet compiled: `load_rules`).
+
+    Exits 2 with a clear message when something is wrong."""
     from mcpfw.config import Config, ConfigError, load_config
     from mcpfw.model import Agent
     from mcpfw.proxy.guard import GuardSettings
@@ -140,7 +171,7 @@ def resolve(opts: dict[str, Any]) -> Any:
         scheme = audit_url.split("://", 1)[0].lower()
         if scheme not in SQL_SCHEMES:
             _fail(f"--audit {audit_url!r}: use a file path, sqlite:/// or postgresql:// URL")
-    from mcpfw.policy import ArgLimits, RuleSetError
+    from mcpfw.policy import ArgLimits
 
     limits = ArgLimits(
         max_depth=config.limits.max_depth,
@@ -148,10 +179,6 @@ def resolve(opts: dict[str, Any]) -> Any:
         max_items=config.limits.max_items,
     )
     holder = RuleHolder(rule_paths, engine=opts["engine"] or config.engine, limits=limits)
-    try:
-        holder.load()
-    except RuleSetError as exc:
-        _fail("rules have errors:\n" + "\n".join(f"  {e}" for e in exc.errors))
     mode = opts["mode"] or config.mode
     hide = opts["hide_denied"] if opts["hide_denied"] is not None else config.hide_denied
     settings = GuardSettings(

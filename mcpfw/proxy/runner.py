@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import logging
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -55,6 +56,8 @@ class RunOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     call_timeout_s: float = 300.0
     reload_interval_s: float = 1.0
+    process: subprocess.Popen[bytes] | None = None  # the upstream, if already spawned
+    start_error: str = ""  # why spawning it failed, if it did
     record: bool = False  # record every message of the session (mcpfw.recording)
     pins: str = "warn"  # off | warn | block (tool-definition pinning, mcpfw.pins)
     sanitize_descriptions: bool = True  # strip hidden characters from tool descriptions
@@ -92,9 +95,12 @@ async def dead_upstream(name: str, reason: str) -> AsyncIterator[Channel]:
 
 def _connector(options: RunOptions) -> contextlib.AbstractAsyncContextManager[Channel]:
     name = options.settings.server or "upstream"
+    if options.start_error:
+        raise UpstreamStartError(options.start_error)
     if options.url:
         return http_upstream(options.url, headers=options.headers, name=name)
-    return stdio_upstream(options.command, env=options.env, cwd=options.cwd, name=name)
+    command = options.process if options.process is not None else options.command
+    return stdio_upstream(command, env=options.env, cwd=options.cwd, name=name)
 
 
 async def _keep_store(

@@ -103,27 +103,26 @@ def _pollable(fd: int) -> bool:
 
 
 async def read_fd(fd: int, send: ObjectSendStream[Message | InvalidMessage]) -> None:
-    """Read messages from `fd` until EOF, then close `send`."""
+    """Read messages from `fd` into `send` until EOF (the caller closes `send`)."""
     splitter = LineSplitter()
     pollable = _pollable(fd)
     if pollable:
         os.set_blocking(fd, False)
-    async with send:
-        while True:
-            if pollable:
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    await anyio.wait_readable(fd)
-                    continue
-            else:
-                data = await anyio.to_thread.run_sync(os.read, fd, 65536, abandon_on_cancel=True)
-            if not data:
-                for message in splitter.tail():
-                    await send.send(message)
-                return
-            for message in splitter.feed(data):
+    while True:
+        if pollable:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+                continue
+        else:
+            data = await anyio.to_thread.run_sync(os.read, fd, 65536, abandon_on_cancel=True)
+        if not data:
+            for message in splitter.tail():
                 await send.send(message)
+            return
+        for message in splitter.feed(data):
+            await send.send(message)
 
 
 async def write_fd(fd: int, receive: ObjectReceiveStream[Message]) -> None:
@@ -171,8 +170,12 @@ async def stdio_front(stdin_fd: int = 0, stdout_fd: int = 1) -> AsyncIterator[Ch
             finally:
                 written.set()
 
+        async def reader() -> None:
+            async with in_send:
+                await read_fd(wire_in, in_send)
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(read_fd, wire_in, in_send)
+            tg.start_soon(reader)
             tg.start_soon(writer)
             try:
                 yield Channel(read=in_recv, write=out_send, name="client")

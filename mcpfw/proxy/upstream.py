@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -20,18 +21,17 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import anyio
-from anyio.abc import Process
+import anyio.to_thread
 
 from mcpfw.proxy.messages import (
     PROTOCOL_VERSION_KEY,
     InvalidMessage,
     Message,
-    encode,
     is_modern_version,
 )
-from mcpfw.proxy.stdio import STREAM_BUFFER, Channel, LineSplitter
+from mcpfw.proxy.stdio import STREAM_BUFFER, Channel, read_fd, write_fd
 
-__all__ = ["UpstreamStartError", "describe_exit", "http_upstream", "stdio_upstream"]
+__all__ = ["UpstreamStartError", "describe_exit", "http_upstream", "spawn", "stdio_upstream"]
 
 log = logging.getLogger("mcpfw.upstream")
 
@@ -56,36 +56,17 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-async def _stop(process: Process) -> None:
-    """Close stdin, then escalate: wait, SIGTERM the group, wait, SIGKILL."""
-    with contextlib.suppress(Exception):  # already closed or broken: we are stopping anyway
-        if process.stdin is not None:
-            await process.stdin.aclose()
-    with anyio.move_on_after(CLOSE_GRACE_S):
-        await process.wait()
-        return
-    for sig, grace in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, TERM_GRACE_S)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)
-        with anyio.move_on_after(grace):
-            await process.wait()
-            return
-    log.error("upstream process %d did not exit after SIGKILL", process.pid)
-
-
-@contextlib.asynccontextmanager
-async def stdio_upstream(
+def spawn(
     command: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
-    name: str = "upstream",
-) -> AsyncIterator[Channel]:
-    """Spawn `command` and relay JSON-RPC over its stdio; raises `UpstreamStartError`."""
+) -> subprocess.Popen[bytes]:
+    """Start the upstream now, before anything else (it usually starts slower than we do)."""
     if not command:
         raise UpstreamStartError("no upstream command given (put it after `--`)")
     try:
-        process = await anyio.open_process(
+        return subprocess.Popen(
             list(command),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -97,38 +78,72 @@ async def stdio_upstream(
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise UpstreamStartError(f"could not be started: {command[0]}: {reason}") from exc
+
+
+async def _exited(process: subprocess.Popen[bytes], within_s: float) -> bool:
+    """Wait (in a worker thread) up to `within_s` for the process to exit."""
+    try:
+        await anyio.to_thread.run_sync(
+            functools.partial(process.wait, timeout=within_s), abandon_on_cancel=True
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+async def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Close stdin, then escalate: wait, SIGTERM the group, wait, SIGKILL."""
+    with contextlib.suppress(OSError):
+        if process.stdin is not None:
+            process.stdin.close()
+    if await _exited(process, CLOSE_GRACE_S):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        if await _exited(process, TERM_GRACE_S):
+            return
+    log.error("upstream process %d did not exit after SIGKILL", process.pid)
+
+
+@contextlib.asynccontextmanager
+async def stdio_upstream(
+    command: Sequence[str] | subprocess.Popen[bytes],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    name: str = "upstream",
+) -> AsyncIterator[Channel]:
+    """Relay JSON-RPC over a process's stdio: a command to spawn, or one `spawn()` started.
+
+    Raises `UpstreamStartError` when the command cannot be started.
+    """
+    process = command if isinstance(command, subprocess.Popen) else spawn(command, env=env, cwd=cwd)
+    assert process.stdin is not None and process.stdout is not None
+    stdin_fd, stdout_fd = process.stdin.fileno(), process.stdout.fileno()
     to_relay, from_upstream = anyio.create_memory_object_stream[Message | InvalidMessage](
         STREAM_BUFFER
     )
     to_upstream, from_relay = anyio.create_memory_object_stream[Message](STREAM_BUFFER)
     channel = Channel(read=from_upstream, write=to_upstream, name=name)
-    log.info("upstream %s started: pid %d: %s", name, process.pid, " ".join(command))
+    log.info("upstream %s: pid %d", name, process.pid)
 
     async def reader() -> None:
-        assert process.stdout is not None
-        splitter = LineSplitter()
         async with to_relay:
-            try:
-                async for chunk in process.stdout:
-                    for message in splitter.feed(chunk):
-                        await to_relay.send(message)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                pass
-            with anyio.move_on_after(CLOSE_GRACE_S):
-                await process.wait()
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await read_fd(stdout_fd, to_relay)
+            await _exited(process, CLOSE_GRACE_S)
             channel.gone_reason = describe_exit(process.returncode)
 
     async def writer() -> None:
-        assert process.stdin is not None
-        async with from_relay:
-            try:
-                async for message in from_relay:
-                    await process.stdin.send(encode(message))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                log.info("upstream %s stopped reading its stdin", name)
+        try:
+            await write_fd(stdin_fd, from_relay)
+        except OSError as exc:
+            log.info("upstream %s stopped reading its stdin: %s", name, exc)
         # The relay is done sending: EOF on the upstream's stdin is its cue to exit.
-        with contextlib.suppress(Exception):  # already closed or broken
-            await process.stdin.aclose()
+        with contextlib.suppress(OSError):
+            assert process.stdin is not None
+            process.stdin.close()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
@@ -139,6 +154,9 @@ async def stdio_upstream(
             await to_upstream.aclose()
             with anyio.CancelScope(shield=True):
                 await _stop(process)
+                with contextlib.suppress(OSError):
+                    assert process.stdout is not None
+                    process.stdout.close()
             tg.cancel_scope.cancel()
 
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mcpfw.cli import main
-from mcpfw.cli.run_cmd import resolve, server_name
+from mcpfw.cli.run_cmd import load_rules, resolve, server_name
 
 RULES = "default: deny\nrules:\n  - id: r\n    effect: allow\n    tools: [echo]\n"
 
@@ -87,6 +87,7 @@ def test_config_supplies_rules_agent_roles_and_a_named_upstream(
         "ask_timeout": None, "call_timeout": None, "reload_interval": 1.0,
     }  # fmt: skip
     options = resolve(opts)
+    load_rules(options.rules)
     assert options.agent.id == "bot" and options.agent.roles == ("ci", "dev")
     assert dict(options.agent.claims) == {"team": "infra"}
     assert options.command == ("node", "server.js", "/w") and options.env["X"] == "1"
