@@ -13,6 +13,7 @@ __all__ = [
     "is_pictograph",
     "is_tag",
     "printable",
+    "suspect",
 ]
 
 ANSI = re.compile(
@@ -25,6 +26,20 @@ _INVISIBLE = frozenset(
     "\ufe0c\ufe0d\ufe0e\ufe0f\ufeff\uffa0"
 )
 _EMOJI_JOINERS = frozenset("\u200d\ufe0e\ufe0f")  # legitimate right after a pictograph
+
+
+# Every character any check above can flag, as one regex class: most strings have none, and
+# one C-level search lets them skip the per-character loop.
+SUSPECT = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029"
+    + "".join(sorted(BIDI | _INVISIBLE))
+    + "\U000e0000-\U000e007f\U000e0100-\U000e01ef]"
+)
+
+
+def suspect(text: str) -> bool:
+    """Whether `text` holds any character a character check could flag."""
+    return SUSPECT.search(text) is not None
 
 
 def is_tag(ch: str) -> bool:

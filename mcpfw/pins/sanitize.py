@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mcpfw.pins.chars import ANSI, BIDI, is_control, is_invisible, is_tag
+from mcpfw.pins.chars import ANSI, BIDI, is_control, is_invisible, is_tag, suspect
 
 __all__ = ["sanitize_text", "sanitize_tool", "sanitize_tools"]
 
@@ -22,6 +22,8 @@ _CR = re.compile(r"\r\n?")
 
 def sanitize_text(text: str) -> str:
     """`text` without ANSI escapes, control, bidirectional, invisible or tag characters."""
+    if "\r" not in text and not suspect(text):
+        return text  # the common case: nothing to strip
     text = _CR.sub("\n", ANSI.sub("", text))
     out: list[str] = []
     prev = ""

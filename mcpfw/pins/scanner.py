@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mcpfw.pins.chars import ANSI, BIDI, is_control, is_invisible, is_tag, printable
+from mcpfw.pins.chars import ANSI, BIDI, is_control, is_invisible, is_tag, printable, suspect
 
 __all__ = [
     "CODES",
@@ -91,6 +91,8 @@ def _around(text: str, start: int, end: int, width: int = 40) -> str:
 
 def _char_findings(text: str) -> Iterator[tuple[str, str, str]]:
     """(code, excerpt, detail) for suspicious characters in one raw string."""
+    if not suspect(text):
+        return
     ansi = ANSI.search(text)
     if ansi:
         count = len(ANSI.findall(text))
@@ -190,7 +192,8 @@ _PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             r"|\b(?:side[- ]effects?|effects?|impact)\s+(?:on|to)\s+(?:the\s+)?"
             r"(?:also\s+present\s+)?"
             r"['\"`]?[\w.-]+['\"`]?\s+tool\b"
-            r"|\b(?!this\b)[\w.-]+['\"`]?\s+tool\s+(?:must|should|shall|will)\s+(?:always\s+|now\s+|"
+            r"|(?<!this )(?<!the )(?<![.,;:!?] )(?<=[\w.`'\"-] )"
+            r"tool\s+(?:must|should|shall|will)\s+(?:always\s+|now\s+|"
             r"instead\s+|also\s+|only\s+)?(?:send|use|call|include|forward|add|be\s+(?:called|used)"
             r"|redirect|cc|bcc)\b"
             r"|\b(?:change|modify|override|replace|redirect|alter)s?\s+(?:the\s+)?(?:behaviou?r|"
@@ -210,12 +213,45 @@ _PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     )
 )
 
+# A phrase check runs only on text containing one of its trigger words (lower case): cheap
+# substring tests spare most strings the regexes. Each pattern above needs one of these.
+_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "hidden-instruction-tag": ("<", "["),
+    "instruction-override": (
+        "ignore", "disregard", "forget", "override", "bypass", "you are now", "new instruction",
+        "new system", "from now on",
+    ),
+    "concealment": ("user", "secret", "mention"),
+    "secret-file-reference": (
+        "~", "$home", "%userprofile%", ".ssh", ".gnupg", ".aws", ".kube", ".docker", ".azure",
+        "id_", ".env", ".netrc", ".npmrc", ".pypirc", ".pgpass", ".git-credentials", "_history",
+        "credentials.json", "authorized_keys", "known_hosts", "/etc/", ".json", "wallet.dat",
+        "private",
+    ),
+    "exfiltration-instruction": (
+        "parameter", "argument", "field", "param", "'", '"', "`", "system prompt",
+        "conversation", "chat history", "previous messages",
+    ),
+    "cross-tool-instruction": (
+        "tool", "server", "function", "email", "message", "request", "payment", "transfer",
+    ),
+    "coercion": ("important", "otherwise", "data will be lost", "will crash", "you will be"),
+}  # fmt: skip
+
+_TRIGGER_RE = {
+    code: re.compile("|".join(re.escape(w) for w in words)) for code, words in _TRIGGERS.items()
+}
+_WORD = re.compile(r"[\w.\-/~$%]*\Z")
+_SECRET = dict(_PHRASES)["secret-file-reference"]
+
 _SECRET_SENTENCE_VERB = re.compile(rf"\b{_VERB}\b", re.IGNORECASE)
 _WS = re.compile(r"\s+")
 
 
 def _normalise(text: str) -> str:
     """NFKC, invisible/format characters removed, ANSI removed, whitespace collapsed."""
+    if text.isascii() and not suspect(text):
+        return _WS.sub(" ", text)  # nothing to normalise but whitespace
     text = ANSI.sub("", text)
     text = unicodedata.normalize("NFKC", text)
     text = "".join(
@@ -230,19 +266,32 @@ def _sentence(text: str, start: int, end: int) -> str:
     return text[lo : hi if hi >= 0 else len(text)]
 
 
-def scan_text(text: str) -> list[tuple[str, Severity, str, str]]:
-    """(code, severity, excerpt, detail) for every check that fires on one string."""
+def scan_text(text: str, *, phrases: bool = True) -> list[tuple[str, Severity, str, str]]:
+    """(code, severity, excerpt, detail) for every check that fires on one string.
+
+    `phrases=False` runs the character checks only (for identifiers such as property names).
+    """
     out: list[tuple[str, Severity, str, str]] = []
     for code, excerpt, detail in _char_findings(text):
         out.append((code, CODES[code][0], excerpt, detail))
+    if not phrases:
+        return out
     texts = [_normalise(text)]
-    hidden = "".join(chr(ord(ch) - 0xE0000) for ch in text if is_tag(ch))
+    hidden = "".join(chr(ord(ch) - 0xE0000) for ch in text if is_tag(ch)) if suspect(text) else ""
     if hidden.strip():
         texts.append(_normalise(hidden))
     seen: set[str] = set()
     for candidate in texts:
+        lowered = candidate.lower()
+        if _WORD.match(candidate):  # one identifier-like word ("object", "id_rsa", ".env")
+            match = _SECRET.search(candidate)
+            if match is not None and "secret-file-reference" not in seen:
+                seen.add("secret-file-reference")
+                excerpt = _around(candidate, match.start(), match.end())
+                out.append(("secret-file-reference", Severity.MEDIUM, excerpt, ""))
+            continue
         for code, pattern in _PHRASES:
-            if code in seen:
+            if code in seen or not _TRIGGER_RE[code].search(lowered):
                 continue
             match = pattern.search(candidate)
             if match is None:
@@ -301,9 +350,7 @@ def scan_tool(
             continue
         is_key = pointer.endswith("#key")
         where = pointer[: -len("#key")] if is_key else pointer
-        for code, severity, excerpt, detail in scan_text(text):
-            if is_key and code not in _CHAR_CODES:
-                continue  # property names are identifiers; only character checks apply
+        for code, severity, excerpt, detail in scan_text(text, phrases=not is_key):
             message = CODES[code][1] + (f" ({detail})" if detail else "")
             if is_key:
                 message = "in a key: " + message
@@ -330,17 +377,6 @@ def scan_tool(
         )
     findings.extend(_foreign_references(tool, tool_name, foreign_tools))
     return tuple(findings)
-
-
-_CHAR_CODES = frozenset(
-    {
-        "ansi-escape",
-        "control-character",
-        "bidi-control",
-        "invisible-unicode",
-        "unicode-tag-smuggling",
-    }
-)
 
 
 def _distinctive(name: str) -> bool:
