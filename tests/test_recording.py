@@ -483,3 +483,49 @@ def test_a_call_with_a_redacted_value_matches_its_recording() -> None:
     up = _served()
     answer = _ask(up, "tools/call", {"name": "save", "arguments": {"note": "other private"}})
     assert answer["result"]["content"][0]["text"] == "saved"
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_mcpfw_serve_records_each_agent_session_in_both_eras(tmp_path: Path) -> None:
+    from mcpfw.audit import open_store
+    from mcpfw.replay import calls_from_recording
+    from tests.proxy.http_harness import (
+        sdk_client,
+        serving,
+        stdio_upstream,
+        token,
+        write_config,
+    )
+
+    config = write_config(
+        tmp_path,
+        upstreams={"fs": stdio_upstream(), "git": stdio_upstream()},
+        extra="record: true\n",
+    )
+    with anyio.fail_after(60):
+        async with serving(config) as served:
+            async with sdk_client(served.mcp("fs"), token("ci-bot"), mode="legacy") as client:
+                await client.list_tools()
+                await client.call_tool("echo", {"n": 1})
+                await client.call_tool("read_file", {"path": "/etc/key.pem"})
+            async with sdk_client(served.mcp(), token("ci-bot"), mode="2026-07-28") as client:
+                await client.call_tool("git__echo", {"n": 2})
+        async with open_store(str(tmp_path / "audit.db"), instance="reader") as store:
+            summaries = await list_sessions(store.engine)
+            recs = {
+                s.header.server: await load_recording(store.engine, s.header.session_id)
+                for s in summaries
+            }
+    assert set(recs) == {"fs", "*"}
+    handshake, modern = recs["fs"], recs["*"]
+    assert handshake is not None and modern is not None
+    first = handshake.messages[0]
+    assert (first.method, first.source) == ("initialize", "firewall")
+    calls = list(calls_from_recording(handshake))
+    assert [(c.call.tool, c.original.effect.value, c.original.rule) for c in calls] == [
+        ("echo", "allow", "ci-read"), ("read_file", "deny", "no-secrets")
+    ]  # fmt: skip
+    (aggregated,) = calls_from_recording(modern)
+    assert (aggregated.call.server, aggregated.call.tool) == ("git", "echo")
+    assert aggregated.result is not None and aggregated.original.rule == "ci-read"

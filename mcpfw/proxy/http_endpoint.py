@@ -31,7 +31,7 @@ from mcp_types.version import (
     MODERN_PROTOCOL_VERSIONS,
 )
 
-from mcpfw.model import Agent
+from mcpfw.model import Agent, Decision
 from mcpfw.proxy.http_session import AgentSession, Exchange
 from mcpfw.proxy.shared_upstream import Raw, SharedUpstream, error_message
 
@@ -59,6 +59,7 @@ class CallContext:
     session: AgentSession | None  # None for 2026-07-28 (stateless) requests
     modern: bool
     session_id: str  # the Mcp-Session-Id, or a per-request id for stateless requests
+    decision: Decision | None = None  # set by the gate on a tools/call (session recording)
 
 
 Forward = Callable[[Raw | None], Awaitable[Raw]]  # params for upstream → response message
@@ -153,6 +154,15 @@ class Endpoint:
 
     async def handle(self, ctx: CallContext, message: Raw) -> Raw:
         """Answer one request; the response carries the request's own id."""
+        recordings = getattr(self.gate, "recordings", None)  # mcpfw.recording.http
+        if recordings is None:
+            return await self._handle(ctx, message)
+        handle = recordings.request(ctx, self, message)
+        response = await self._handle(ctx, message)
+        recordings.response(handle, response, ctx.decision)
+        return response
+
+    async def _handle(self, ctx: CallContext, message: Raw) -> Raw:
         request_id = message.get("id")
         method = str(message.get("method"))
         params = message.get("params")

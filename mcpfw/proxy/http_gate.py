@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import anyio
 
@@ -50,6 +51,7 @@ class HttpGate:
         self.pins = dict(pins or {})  # tool pinning per upstream: sees tools/list results first
         self._by_session: dict[tuple[int, str], GuardSession] = {}
         self._stateless: dict[tuple[str, str], GuardSession] = {}
+        self.recordings: Any = None  # mcpfw.recording.http.HttpRecordings, when recording
 
     async def _guard_session(self, ctx: CallContext, server: str) -> GuardSession:
         guard = self.guards[server]
@@ -98,6 +100,7 @@ class HttpGate:
                 can_elicit=session is not None and session.supports("elicitation"),
                 ask=lambda call, decision: self._ask(ctx, call, decision),
             )
+        ctx.decision = verdict.decision  # the endpoint records it with the response
         if verdict.forward is None:
             await gsession.finish(verdict)
             assert verdict.response is not None
@@ -133,6 +136,8 @@ class HttpGate:
 
     async def session_closed(self, session: AgentSession, reason: str) -> None:
         """Record the end of every guard session of an agent session."""
+        if self.recordings is not None:
+            await self.recordings.session_closed(session.id, reason)
         for key in [k for k in self._by_session if k[0] == id(session)]:
             await self._by_session.pop(key).close(reason)
 

@@ -114,9 +114,20 @@ async def open_http_firewall(
             for name in config.upstreams
         }
         server = config.server
+        gate = HttpGate(guards, pins=pins)
+        if config.record or any(a.record for a in config.agents.values()):
+            from mcpfw.recording.http import HttpRecordings
+            from mcpfw.recording.writer import message_redactor
+
+            gate.recordings = HttpRecordings(
+                store.engine,
+                redact=message_redactor(store.redactor),
+                records=config.records,
+                instance=store.instance,
+            )
         firewall = HttpFirewall(
             upstreams=upstreams,
-            gate=HttpGate(guards, pins=pins),
+            gate=gate,
             authenticator=authenticator,
             auth=server.auth,
             origin=OriginPolicy.build(
@@ -132,6 +143,8 @@ async def open_http_firewall(
         firewall.audit_store = store
         async with anyio.create_task_group() as tg:
             tg.start_soon(holder.watch, reload_interval_s)
+            if gate.recordings is not None:
+                await tg.start(gate.recordings.run)
             try:
                 yield firewall
             finally:

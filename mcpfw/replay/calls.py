@@ -18,6 +18,7 @@ from mcpfw.replay.core import ReplayCall
 __all__ = ["argument_pointers", "calls_from_recording"]
 
 _ARGS_PREFIX = "/params/arguments"
+AGGREGATE = "*"  # the server of a recording made on `mcpfw serve`'s aggregate endpoint
 
 
 def argument_pointers(message_pointers: tuple[str, ...]) -> tuple[str, ...]:
@@ -69,6 +70,9 @@ def calls_from_recording(rec: Recording) -> Iterator[ReplayCall]:
         arguments = params.get("arguments") or {}
         if not isinstance(name, str) or not isinstance(arguments, Mapping):
             continue
+        server, listed = rec.header.server, name
+        if server == AGGREGATE and "__" in name:
+            server, name = name.split("__", 1)  # `<server>__<tool>` on an aggregate endpoint
         original = rec.decisions.get(msg.decision_id or "")
         earlier = count
         count += 1
@@ -86,12 +90,12 @@ def calls_from_recording(rec: Recording) -> Iterator[ReplayCall]:
             call=ToolCall(
                 agent=header.agent,
                 tool=name,
-                server=header.server,
+                server=server,
                 arguments=arguments,
                 session_id=header.session_id,
                 session_calls=earlier,
                 request_id=rid if isinstance(rid, (str, int)) else None,
-                annotations=annotations.get(name, {}),
+                annotations=annotations.get(listed, {}),
                 time=msg.time,
             ),
             original=original,
