@@ -30,6 +30,8 @@ from typing import Any
 import jwt
 
 ROOT = Path(__file__).resolve().parent.parent
+# how to start the firewall (override to profile it): "|"-separated argv after python
+ENTRY = os.environ.get("BENCH_FW_ENTRY", "-c|from mcpfw.cli import main; main()")
 SECRET = "bench-secret-bench-secret-bench-secret"
 AUDIENCE = "mcpfw-bench"
 ISSUER = "https://idp.bench"
@@ -80,12 +82,6 @@ def upstream_app() -> Any:
         await send({"type": "http.response.body", "body": out})
 
     return app
-
-
-def run_upstream(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(upstream_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # --- load generator: one keep-alive HTTP/1.1 connection per agent --------------------------
@@ -151,6 +147,7 @@ async def run_load(
             got, _ = await conn.post(init)
             conn.headers["Mcp-Session-Id"] = got["mcp-session-id"]
             await conn.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            await conn.post({"jsonrpc": "2.0", "id": 0, "method": "tools/list"})  # as agents do
         conns.append(conn)
     latencies: list[float] = []
     stop_at = 0.0
@@ -257,42 +254,52 @@ def stats(latencies: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99)] * 1000
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agents", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--role", default="bench")
-    parser.add_argument("--port", type=int, default=0)
-    opts = parser.parse_args()
-    if opts.role == "upstream":
-        run_upstream(opts.port)
-        return 0
+def sdk_app() -> Any:
+    """The same echo tool as an MCP SDK server (MCPServer, streamable HTTP, JSON answers)."""
+    from mcp.server.mcpserver import MCPServer
 
-    tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
+    server = MCPServer("bench-sdk")
+
+    @server.tool()
+    def echo(path: str) -> str:
+        """Return the path."""
+        return json.dumps({"path": path})
+
+    return server.streamable_http_app(json_response=True)
+
+
+def run_upstream(kind: str, port: int) -> None:
+    import uvicorn
+
+    app = sdk_app() if kind == "sdk" else upstream_app()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def measure(kind: str, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Direct vs through mcpfw against one upstream process of `kind`."""
     up_port = free_port()
     upstream = subprocess.Popen(
-        [sys.executable, __file__, "--role", "upstream", "--port", str(up_port)],
+        [sys.executable, __file__, "--role", f"upstream-{kind}", "--port", str(up_port)],
         stderr=subprocess.PIPE,
         text=True,
     )
-    write_rules(tmp / "rules.yaml")
-    (tmp / "mcpfw.yaml").write_text(
+    config = tmp / f"mcpfw-{kind}.yaml"
+    config.write_text(
         "rules: rules.yaml\n"
-        f"audit: {{url: {tmp / 'audit.db'}}}\n"
+        f"audit: {{url: {tmp / f'audit-{kind}.db'}}}\n"
         f"upstreams:\n  bench: {{url: 'http://127.0.0.1:{up_port}/mcp'}}\n"
         "server:\n  auth:\n"
         f"    jwt: {{secret: {SECRET}, issuer: '{ISSUER}', audience: {AUDIENCE}}}\n"
     )
     firewall = subprocess.Popen(
-        [sys.executable, *os.environ.get("BENCH_FW_ENTRY", "-c|from mcpfw.cli import main; main()").split("|"), "serve",
-         "--config", str(tmp / "mcpfw.yaml"), "--port", "0", "--log-level", "warning"],
+        [sys.executable, *ENTRY.split("|"), "serve", "--config", str(config),
+         "--port", "0", "--log-level", "warning"],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
         base = wait_for(firewall, r"listening on (http://\S+) ")
-        fw_url = base + "/mcp/bench"
         wait_ready(base + "/readyz")
         tokens = [
             jwt.encode(
@@ -303,14 +310,13 @@ def main() -> int:
         ]
         direct = asyncio.run(
             run_load(f"http://127.0.0.1:{up_port}/mcp", opts.agents, opts.seconds,
-                     session=False, tokens=None)
+                     session=kind == "sdk", tokens=None)
         )  # fmt: skip
-        up_cpu = cpu_seconds(upstream.pid)
+        fw_cpu = cpu_seconds(firewall.pid)
         through = asyncio.run(
-            run_load(fw_url, opts.agents, opts.seconds, session=True, tokens=tokens)
+            run_load(base + "/mcp/bench", opts.agents, opts.seconds, session=True, tokens=tokens)
         )
-        fw_cpu = cpu_seconds(firewall.pid)  # includes start-up and warm-up: an upper bound
-        up_cpu = cpu_seconds(upstream.pid) - up_cpu
+        fw_cpu = cpu_seconds(firewall.pid) - fw_cpu  # connect, warm-up and measured calls
     finally:
         for process in (firewall, upstream):
             process.send_signal(2)
@@ -318,24 +324,47 @@ def main() -> int:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-    d_rate, t_rate = direct[0] / direct[2], through[0] / through[2]
-    d_med, d_p99 = stats(direct[1])
-    t_med, t_p99 = stats(through[1])
-    print(f"{opts.agents} concurrent agents, {opts.seconds:g} s per path, tools/call over HTTP,")
-    print("audit on SQLite, 100-rule policy, JWT per agent, one upstream session for all.\n")
-    print("| path | calls/s | median ms | p99 ms |")
-    print("|---|---:|---:|---:|")
-    print(f"| direct to upstream | {d_rate:,.0f} | {d_med:.2f} | {d_p99:.2f} |")
-    print(f"| through mcpfw serve | {t_rate:,.0f} | {t_med:.2f} | {t_p99:.2f} |")
-    print(
-        f"\nCPU per call (upper bound, incl. start-up): mcpfw {fw_cpu / through[0] * 1e3:.2f} ms,"
-        f" upstream {up_cpu / through[0] * 1e3:.2f} ms"
-    )
-    print(
-        f"\nthroughput ratio {t_rate / d_rate:.0%} (target >= 60%), "
-        f"{t_rate:,.0f} calls/s (target >= 1000), "
-        f"added median {t_med - d_med:.2f} ms (target <= 2 ms)"
-    )
+    return {"direct": direct, "through": through, "fw_cpu": fw_cpu}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--upstreams", default="sdk,raw", help="sdk (MCP SDK server), raw, or both")
+    parser.add_argument("--role", default="bench")
+    parser.add_argument("--port", type=int, default=0)
+    opts = parser.parse_args()
+    if opts.role.startswith("upstream-"):
+        run_upstream(opts.role.removeprefix("upstream-"), opts.port)
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
+    write_rules(tmp / "rules.yaml")
+    names = {"sdk": "MCP SDK server (MCPServer)", "raw": "minimal raw-JSON server"}
+    results = {kind: measure(kind, opts, tmp) for kind in opts.upstreams.split(",")}
+    print(f"{opts.agents} concurrent agents (own JWT and session each), {opts.seconds:g} s per")
+    print("path, tools/call over HTTP; mcpfw: audit on SQLite, 100-rule policy, one shared")
+    print("upstream session. Both paths in the same run, same upstream process.\n")
+    print("| upstream | path | calls/s | median ms | p99 ms | mcpfw CPU/call ms |")
+    print("|---|---|---:|---:|---:|---:|")
+    for kind, r in results.items():
+        (dn, dl, dw), (tn, tl, tw) = r["direct"], r["through"]
+        d_med, d_p99 = stats(dl)
+        t_med, t_p99 = stats(tl)
+        r["summary"] = (tn / tw, tn / tw / (dn / dw), t_med - d_med)
+        print(f"| {names[kind]} | direct | {dn / dw:,.0f} | {d_med:.2f} | {d_p99:.2f} | |")
+        cpu = r["fw_cpu"] * 1000 / (tn * (1 + 1 / opts.seconds))  # warm-up second included
+        print(
+            f"| {names[kind]} | through mcpfw | {tn / tw:,.0f} | {t_med:.2f} | {t_p99:.2f} "
+            f"| {cpu:.2f} |"
+        )
+    print()
+    for kind, r in results.items():
+        rate, ratio, added = r["summary"]
+        print(
+            f"- {names[kind]}: throughput {ratio:.0%} of direct (target >= 60%), "
+            f"{rate:,.0f} calls/s (target >= 1000), added median {added:.2f} ms (target <= 2 ms)"
+        )
     return 0
 
 

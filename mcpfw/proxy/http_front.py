@@ -470,6 +470,9 @@ class _McpRoute:
             return
         if method in ("notifications/initialized", "notifications/roots/list_changed"):
             return
+        if method == "tools/call":  # no id: it cannot be decided and answered, never relay it
+            log.warning("session %s: dropped a tools/call sent as a notification", session.id[:8])
+            return
         if self.server:  # anything else goes to the one upstream of a per-server endpoint
             await self.fw.upstreams[self.server].notify(str(method), params or None)
 
@@ -537,8 +540,13 @@ async def _respond(
 
 async def _next_event(exchange: Exchange, send: Send | None) -> Raw | None:
     """The next message for this POST's stream, pinging while idle; None once answered."""
+    if send is None:  # not streaming yet: wait for the first message or the answer
+        try:
+            return await exchange.events.receive()
+        except anyio.EndOfStream:
+            return None
     while True:
-        with anyio.move_on_after(_PING_S if send is not None else float("inf")):
+        with anyio.move_on_after(_PING_S):
             try:
                 return await exchange.events.receive()
             except anyio.EndOfStream:
