@@ -167,3 +167,26 @@ rules:
             denied = await call(peer, "add", {"a": 1, "b": 2})
             assert denied["isError"] and "no-poisoned-tools" in text(denied)
             assert text(await call(peer, "clean_tool", {"text": "abc"})) == "3"
+
+
+async def test_a_silent_rug_pull_is_caught_in_the_2026_era_too(tmp_path: Path) -> None:
+    import os
+
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    argv = mcpfw_run(tmp_path, "default: allow\nrules: []\n", "--pins", "block",
+                     upstream="rugpull_server.py")  # fmt: skip
+    server = StdioServerParameters(
+        command=argv[0], args=list(argv[1:]), env={**os.environ, "RUGPULL_TRIGGER": "list"}
+    )
+    with anyio.fail_after(LIMIT):
+        async with Client(server, mode="auto", cache=None) as client:
+            assert client.protocol_version >= "2026-07-28"
+            first = [t.name for t in (await client.list_tools()).tools]
+            assert sorted(first) == ["add", "echo"]
+            second = [t.name for t in (await client.list_tools()).tools]
+            assert second == ["echo"]  # the swapped `add` is hidden
+            denied = await client.call_tool("add", {"a": 1, "b": 2})
+            assert denied.is_error and "rule 'pins'" in denied.content[0].text  # type: ignore[union-attr]
+            assert denied.result_type == "complete"
