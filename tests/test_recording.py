@@ -529,3 +529,23 @@ async def test_mcpfw_serve_records_each_agent_session_in_both_eras(tmp_path: Pat
     (aggregated,) = calls_from_recording(modern)
     assert (aggregated.call.server, aggregated.call.tool) == ("git", "echo")
     assert aggregated.result is not None and aggregated.original.rule == "ci-read"
+
+
+@pytest.mark.anyio
+async def test_replay_reads_decision_events_on_both_backends(store_url: str) -> None:
+    from mcpfw.audit import open_store
+    from mcpfw.model import ToolCall
+    from mcpfw.replay.db import audit_calls
+    from mcpfw.replay.sources import CallFilter
+
+    agent = Agent(id="a", roles=("r",))
+    decisions = [Decision(effect=Effect.ALLOW, rule="r1"), Decision(effect=Effect.DENY, rule="r2")]
+    with anyio.fail_after(30):
+        async with open_store(store_url, instance="replay-test") as store:
+            for n, decision in enumerate(decisions):
+                call = ToolCall(agent=agent, tool="t", arguments={"n": n, "token": "x" * 8},
+                                session_id="s", session_calls=n)  # fmt: skip
+                await store.record_decision(call, decision)
+            calls = await audit_calls(store.engine, CallFilter(agent="a"))
+    assert [(c.original.rule, c.call.arguments["n"]) for c in calls] == [("r1", 0), ("r2", 1)]
+    assert all(c.redacted == ("/token",) for c in calls)
