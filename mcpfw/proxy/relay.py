@@ -250,6 +250,11 @@ class Relay:
             await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
 
     async def _client_notification(self, message: Message) -> None:
+        if message["method"] == "tools/call":
+            # A tools/call without an id cannot be decided and answered: never relay it unchecked
+            # (well-behaved servers ignore it, a hand-rolled one might run the tool).
+            log.warning("dropped a tools/call sent as a notification (it has no id)")
+            return
         if message["method"] == "notifications/cancelled":
             params = message.get("params")
             rid = params.get("requestId") if isinstance(params, dict) else None
