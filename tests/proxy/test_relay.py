@@ -374,3 +374,15 @@ async def test_malformed_input_gets_json_rpc_errors_and_batches_are_refused(tmp_
         await h.send(request(9, "tools/call", {"arguments": {}}))
         assert (await h.client_gets())["error"]["code"] == -32602
         assert h.store.decisions == []
+
+
+async def test_a_tools_call_without_an_id_is_dropped_not_forwarded(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        sneaky = {
+            "jsonrpc": "2.0",
+            "method": "tools/call",
+            "params": {"name": "rm", "arguments": {}},
+        }
+        await h.send(sneaky)
+        await h.send(request(2, "ping"))
+        assert (await h.upstream_gets())["id"] == 2  # the id-less call never went upstream
