@@ -213,8 +213,9 @@ def main() -> int:
     print(f"| mcpfw resident memory after the run (peak) | | {rss:.1f} MB ({peak:.1f} MB) | | "
           "| <= 60 MB |")  # fmt: skip
     version = sys.version.split()[0]
-    print(f"\nmachine: {os.cpu_count()} cores shared with other jobs, Python {version}; upstream:")
-    print("a stdlib stub that answers at once (its own start is the 'direct' start).")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nmachine: {os.cpu_count()} cores, load average {load} at the end, Python {version};")
+    print("upstream: a stdlib stub that answers at once (its own start is the 'direct' start).")
     return 0
 
 
