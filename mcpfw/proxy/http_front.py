@@ -155,22 +155,29 @@ class HttpFirewall:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> Any:
-        async with anyio.create_task_group() as tg:
-            for upstream in self.upstreams.values():
-                await tg.start(upstream.run)
-            # Serve once every upstream is connected (or has had its chance: /readyz tells).
-            async with anyio.create_task_group() as waiting:
+        # Outcome writes run after answers are sent (decisions were committed before
+        # forwarding); this task group outlives the upstreams so every outcome is written.
+        async with anyio.create_task_group() as outcomes:
+            if hasattr(self.gate, "background"):
+                self.gate.background = outcomes
+            async with anyio.create_task_group() as tg:
                 for upstream in self.upstreams.values():
-                    waiting.start_soon(self._await_upstream, upstream)
-            tg.start_soon(self._expire_sessions)
-            try:
-                yield
-            finally:
-                with anyio.CancelScope(shield=True):
-                    for session in self.sessions.all():
-                        await self._close_session(session, "firewall shutting down")
-                    await self.gate.aclose()
-                tg.cancel_scope.cancel()
+                    await tg.start(upstream.run)
+                # Serve once every upstream is connected (or has had its chance: /readyz).
+                async with anyio.create_task_group() as waiting:
+                    for upstream in self.upstreams.values():
+                        waiting.start_soon(self._await_upstream, upstream)
+                tg.start_soon(self._expire_sessions)
+                try:
+                    yield
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        for session in self.sessions.all():
+                            await self._close_session(session, "firewall shutting down")
+                        await self.gate.aclose()
+                    tg.cancel_scope.cancel()
+            if hasattr(self.gate, "background"):
+                self.gate.background = None
 
     async def _await_upstream(self, upstream: SharedUpstream) -> None:
         try:

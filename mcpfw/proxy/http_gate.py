@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from mcpfw.model import Agent, Decision, Outcome, ToolCall
 from mcpfw.proxy.guard import AskAnswer, Guard, GuardSession, client_can_elicit_modern
@@ -52,6 +53,35 @@ class HttpGate:
         self._by_session: dict[tuple[int, str], GuardSession] = {}
         self._stateless: dict[tuple[str, str], GuardSession] = {}
         self.recordings: Any = None  # mcpfw.recording.http.HttpRecordings, when recording
+        # Outcomes are recorded after the answer is sent (the decision was committed before
+        # forwarding); the firewall's lifespan provides the task group and waits for it.
+        self.background: TaskGroup | None = None
+        self._writing = 0
+        self._settled = anyio.Event()
+        self._settled.set()
+
+    def _later(self, finishing: Awaitable[None]) -> Awaitable[None] | None:
+        """Run an outcome write in the background when possible; else return it to await."""
+        if self.background is None:
+            return finishing
+
+        async def run() -> None:
+            try:
+                await finishing
+            finally:
+                self._writing -= 1
+                if not self._writing:
+                    self._settled.set()
+
+        if not self._writing:
+            self._settled = anyio.Event()
+        self._writing += 1
+        self.background.start_soon(run)
+        return None
+
+    async def settled(self) -> None:
+        """Wait until every outcome handed to the background is written (tests, shutdown)."""
+        await self._settled.wait()
 
     async def _guard_session(self, ctx: CallContext, server: str) -> GuardSession:
         guard = self.guards[server]
@@ -102,7 +132,8 @@ class HttpGate:
             )
         ctx.decision = verdict.decision  # the endpoint records it with the response
         if verdict.forward is None:
-            await gsession.finish(verdict)
+            if (pending := self._later(gsession.finish(verdict))) is not None:
+                await pending
             assert verdict.response is not None
             return verdict.response
         try:
@@ -115,10 +146,12 @@ class HttpGate:
         if ctx.modern:
             response = gsession.rewrite_response(verdict, response)
         error = response.get("error")
-        if isinstance(error, dict) and error.get("code") == TIMEOUT_ERROR:
-            await gsession.finish(verdict, response, outcome=Outcome.TIMEOUT)
-        else:
-            await gsession.finish(verdict, response)
+        timed_out = isinstance(error, dict) and error.get("code") == TIMEOUT_ERROR
+        outcome = Outcome.TIMEOUT if timed_out else None
+        if (
+            pending := self._later(gsession.finish(verdict, response, outcome=outcome))
+        ) is not None:
+            await pending
         return response
 
     async def _ask(self, ctx: CallContext, call: ToolCall, decision: Decision) -> AskAnswer:

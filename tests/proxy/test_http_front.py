@@ -209,6 +209,7 @@ async def test_elicitation_asks_the_agent_and_an_accept_forwards(tmp_path: Path)
                 declined = await c.call_tool("delete_file", {"path": "/tmp/y"})
             async with sdk_client(url, bearer, mode="legacy") as c:
                 unsupported = await c.call_tool("delete_file", {"path": "/tmp/z"})
+            await served.firewall.gate.settled()  # type: ignore[attr-defined]
             store = served.firewall.audit_store
             outcomes = await store.list_events(EventFilter(kinds=("outcome",)), limit=10)
     assert tool_text(approved) == {"tool": "delete_file", "arguments": {"path": "/tmp/x"}}
@@ -329,6 +330,7 @@ async def test_a_cancelled_call_cancels_the_upstream_request(tmp_path: Path) -> 
                 cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled",
                           "params": {"requestId": 77}}  # fmt: skip
                 await rpc.post(cancel)
+            await served.firewall.gate.settled()  # type: ignore[attr-defined]
             outcomes = await served.firewall.audit_store.list_events(
                 EventFilter(kinds=("outcome",)), limit=5
             )
