@@ -130,7 +130,7 @@ class SharedUpstream:
         return self._write is not None
 
     async def wait_ready(self, timeout_s: float) -> None:
-        """Wait until the first connection is initialized; raises UpstreamUnavailable."""
+        """Wait until the upstream is connected and initialized; raises UpstreamUnavailable."""
         with anyio.move_on_after(timeout_s):
             await self._ready.wait()
         if not self.ready:
@@ -193,6 +193,8 @@ class SharedUpstream:
 
     def _disconnected(self) -> None:
         self._write = None
+        if self._ready.is_set():
+            self._ready = anyio.Event()  # wait_ready() now waits for the reconnection
         for upstream_id, pending in list(self._pending.items()):
             pending.response = error_message(
                 upstream_id, UPSTREAM_ERROR, f"upstream {self.name!r} went away: {self.last_error}"

@@ -34,6 +34,7 @@ TOOLS = [
         ("confirm", "Ask the user through elicitation", {}),
         ("seen", "What this server has seen", {}),
         ("slow", "Answer after `seconds`", {}),
+        ("crash", "Exit the process at once", {}),
     ]
 ]
 
@@ -115,6 +116,8 @@ class Server:
             return text_result({"tool": name, "reply": reply.get("result") or reply.get("error")})
         if name == "seen":
             return text_result({"env": dict(os.environ), "messages": SEEN_MESSAGES})
+        if name == "crash":
+            os._exit(3)
         if name == "slow":
             await anyio.sleep(float(args.get("seconds", 1)))
             return text_result({"tool": name})

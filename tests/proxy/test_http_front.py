@@ -337,3 +337,65 @@ async def test_a_cancelled_call_cancels_the_upstream_request(tmp_path: Path) -> 
     assert responses[0]["error"]["code"] == -32800
     assert not upstream._pending
     assert [o.outcome for o in outcomes] == ["cancelled"]
+
+
+async def test_an_upstream_crash_fails_the_call_clearly_and_the_upstream_comes_back(
+    tmp_path: Path,
+) -> None:
+    rules = "default: allow\nrules: []\n"
+    with anyio.fail_after(WAIT):
+        async with (
+            serving(write_config(tmp_path, rules=rules)) as served,
+            sdk_client(served.mcp("fs"), token("ci-bot"), mode="legacy") as client,
+        ):
+            upstream = served.firewall.upstreams["fs"]
+            with pytest.raises(MCPError) as crashed:
+                await client.call_tool("crash", {})
+            await upstream.wait_ready(WAIT)  # reconnected: a new process, a new handshake
+            after = await client.call_tool("echo", {"again": True})
+            await served.firewall.gate.settled()  # type: ignore[attr-defined]
+            outcomes = await served.firewall.audit_store.list_events(
+                EventFilter(kinds=("outcome",)), limit=5
+            )
+    assert crashed.value.error.code == -32603
+    assert "went away" in crashed.value.error.message
+    assert tool_text(after) == {"tool": "echo", "arguments": {"again": True}}
+    assert sorted(o.outcome for o in outcomes) == ["forwarded", "upstream_error"]
+
+
+async def test_monitor_mode_forwards_what_the_rules_deny_and_records_it_unenforced(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, extra="mode: monitor\n")
+    with anyio.fail_after(WAIT):
+        async with (
+            serving(config) as served,
+            sdk_client(served.mcp("fs"), token("guest"), mode="legacy") as client,
+        ):
+            result = await client.call_tool("echo", {"x": 1})
+            decisions = await _decisions(served, "guest")
+    assert tool_text(result) == {"tool": "echo", "arguments": {"x": 1}}
+    assert [(d.effect, d.rule, d.enforced) for d in decisions] == [("deny", "default", False)]
+
+
+async def test_a_2026_client_is_asked_through_input_required_and_its_retry_is_forwarded(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(WAIT):
+        async with serving(write_config(tmp_path)) as served, httpx.AsyncClient() as http:
+            rpc = Rpc(http, served.mcp("fs"), token("ci-bot"))
+            caps = {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+            call = {"name": "delete_file", "arguments": {"path": "/tmp/a"}, "_meta": caps}
+            first = (await rpc.modern("tools/call", call, name="delete_file")).json()["result"]
+            ((key, ask),) = first["inputRequests"].items()
+            retry = {
+                **call,
+                "requestState": first["requestState"],
+                "inputResponses": {key: {"action": "accept", "content": {}}},
+            }
+            second = (await rpc.modern("tools/call", retry, name="delete_file")).json()
+            replayed = (await rpc.modern("tools/call", retry, name="delete_file")).json()
+    assert first["resultType"] == "input_required"
+    assert ask["method"] == "elicitation/create" and "ci-bot" in ask["params"]["message"]
+    assert json.loads(second["result"]["content"][0]["text"])["tool"] == "delete_file"
+    assert replayed["result"]["isError"] is True  # an approval is used once
