@@ -399,3 +399,25 @@ def test_every_fixture_call_was_decided_by_the_original_rules_as_recorded() -> N
         calls = list(calls_from_recording(rec))
         assert calls, name
         assert {rc.original.revision for rc in calls} == {original.revision}
+
+
+def test_a_reused_request_id_gets_the_response_that_followed_it() -> None:
+    d1 = RecordedDecision(id="d1", effect=Effect.ALLOW, rule="r")
+    d2 = RecordedDecision(id="d2", effect=Effect.ALLOW, rule="r")
+
+    def call(seq: int, path: str, decision: str) -> RecordedMessage:
+        return _msg(seq, "c2s", {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                 "params": {"name": "read_file", "arguments": {"path": path}}},
+                    decision_id=decision)  # fmt: skip
+
+    def answer(seq: int, text: str) -> RecordedMessage:
+        result = {"content": [{"type": "text", "text": text}]}
+        return _msg(seq, "s2c", {"jsonrpc": "2.0", "id": 1, "result": result})
+
+    rec = Recording(
+        header=_session().header,
+        messages=(call(1, "/a", "d1"), answer(2, "A"), call(3, "/b", "d2"), answer(4, "B")),
+        decisions={"d1": d1, "d2": d2},
+    )
+    texts = [rc.result["content"][0]["text"] for rc in calls_from_recording(rec) if rc.result]
+    assert texts == ["A", "B"]

@@ -32,13 +32,21 @@ def argument_pointers(message_pointers: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _responses(rec: Recording) -> dict[tuple[str, str], RecordedMessage]:
-    """s2c responses keyed by their JSON-RPC id (canonical text), first one wins."""
-    out: dict[tuple[str, str], RecordedMessage] = {}
+def _key(rid: Any) -> tuple[str, str]:
+    return (type(rid).__name__, str(rid))
+
+
+def _responses(rec: Recording) -> dict[int, RecordedMessage]:
+    """For each c2s request (by seq), the first s2c response with its id that follows it
+    (ids may be reused once a request is answered)."""
+    pending: dict[tuple[str, str], int] = {}
+    out: dict[int, RecordedMessage] = {}
     for msg in rec.messages:
-        if msg.direction is Direction.SERVER_TO_CLIENT and msg.is_response:
-            rid = msg.message.get("id")
-            out.setdefault((type(rid).__name__, str(rid)), msg)
+        key = _key(msg.message.get("id"))
+        if msg.direction is Direction.CLIENT_TO_SERVER and msg.is_request:
+            pending[key] = msg.seq
+        elif msg.direction is Direction.SERVER_TO_CLIENT and msg.is_response and key in pending:
+            out[pending.pop(key)] = msg
     return out
 
 
@@ -51,7 +59,7 @@ def calls_from_recording(rec: Recording) -> Iterator[ReplayCall]:
     for msg in rec.messages:
         method = msg.method
         rid = msg.message.get("id")
-        key = (type(rid).__name__, str(rid))
+        key = _key(rid)
         if msg.direction is Direction.CLIENT_TO_SERVER and method == "tools/list":
             pending_lists.add(key)
             continue
@@ -78,7 +86,7 @@ def calls_from_recording(rec: Recording) -> Iterator[ReplayCall]:
         count += 1
         if original is None:
             continue  # relayed without a decision (never happens live): nothing to compare
-        response = responses.get(key)
+        response = responses.get(msg.seq)
         result = error = None
         if response is not None and response.source != "firewall":
             raw_result = response.message.get("result")
