@@ -103,9 +103,10 @@ async def test_a_rug_pull_is_blocked_until_a_human_approves_it(tmp_path: Path) -
 
             output = await approve(audit, "fixture", "add")
             assert "approved fixture/add" in output
+            # effective at once: the firewall re-checks a blocked tool before denying it again
+            assert text(await call(peer, "add", {"a": 2, "b": 2})) == "4"
             relisted = {t["name"]: t for t in await peer.list_tools()}
             assert "sidenote" in relisted["add"]["inputSchema"]["properties"]
-            assert text(await call(peer, "add", {"a": 2, "b": 2})) == "4"
     got = await decisions(audit)
     assert [(tool, effect, rule) for tool, effect, rule, _ in got] == [
         ("add", "allow", "default"),

@@ -166,14 +166,18 @@ class PinChecker:
     async def check_call(self, tool: str) -> PinVerdict:
         """The pin verdict on a call to `tool` (never raises)."""
         state = self._tools.get(tool)
-        if (state is None or self._stale) and self.refresh is not None and self.pinning:
+        block = self.options.mode is PinMode.BLOCK
+        can_refresh = self.refresh is not None and self.pinning
+        if can_refresh and (
+            state is None or self._stale or (block and self._blocked(state.status))
+        ):
+            # unknown or possibly changed; or blocked, and a human may have approved it since
             await self._refresh()
             state = self._tools.get(tool)
         if not self.pinning:
             return PinVerdict(allowed=True, findings=state.codes if state else ())
         if state is None:
             return await self._verdict_from_store(tool)
-        block = self.options.mode is PinMode.BLOCK
         if state.status is None:
             return PinVerdict(
                 allowed=not block,

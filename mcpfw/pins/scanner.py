@@ -20,6 +20,7 @@ here is pure and never raises on odd input.
 from __future__ import annotations
 
 import enum
+import json
 import re
 import unicodedata
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -266,15 +267,18 @@ def _sentence(text: str, start: int, end: int) -> str:
     return text[lo : hi if hi >= 0 else len(text)]
 
 
-def scan_text(text: str, *, phrases: bool = True) -> list[tuple[str, Severity, str, str]]:
+def scan_text(
+    text: str, *, phrases: bool = True, only: Collection[str] | None = None
+) -> list[tuple[str, Severity, str, str]]:
     """(code, severity, excerpt, detail) for every check that fires on one string.
 
-    `phrases=False` runs the character checks only (for identifiers such as property names).
+    `phrases=False` runs the character checks only (for identifiers such as property names);
+    `only` limits the phrase checks to these codes.
     """
     out: list[tuple[str, Severity, str, str]] = []
     for code, excerpt, detail in _char_findings(text):
         out.append((code, CODES[code][0], excerpt, detail))
-    if not phrases:
+    if not phrases or (only is not None and not only):
         return out
     texts = [_normalise(text)]
     hidden = "".join(chr(ord(ch) - 0xE0000) for ch in text if is_tag(ch)) if suspect(text) else ""
@@ -284,6 +288,8 @@ def scan_text(text: str, *, phrases: bool = True) -> list[tuple[str, Severity, s
     for candidate in texts:
         lowered = candidate.lower()
         if _WORD.match(candidate):  # one identifier-like word ("object", "id_rsa", ".env")
+            if only is not None and "secret-file-reference" not in only:
+                continue
             match = _SECRET.search(candidate)
             if match is not None and "secret-file-reference" not in seen:
                 seen.add("secret-file-reference")
@@ -291,7 +297,9 @@ def scan_text(text: str, *, phrases: bool = True) -> list[tuple[str, Severity, s
                 out.append(("secret-file-reference", Severity.MEDIUM, excerpt, ""))
             continue
         for code, pattern in _PHRASES:
-            if code in seen or not _TRIGGER_RE[code].search(lowered):
+            if code in seen or (only is not None and code not in only and candidate is texts[0]):
+                continue
+            if not _TRIGGER_RE[code].search(lowered):
                 continue
             match = pattern.search(candidate)
             if match is None:
@@ -334,6 +342,31 @@ def _strings(value: Any, pointer: str, depth: int = 0) -> Iterator[tuple[str, st
             yield from _strings(item, f"{pointer}/{index}", depth + 1)
 
 
+def _prefilter(tool: Mapping[str, Any]) -> tuple[bool, frozenset[str] | None]:
+    """One pass over the whole definition as JSON text: does it hold any suspicious character
+    (`chars`), and which phrase checks have a trigger word anywhere in it (`only`)? Strings
+    of a tool that passes both are skipped; hidden characters disable the shortcut (tag
+    characters may spell any phrase)."""
+    try:
+        blob = json.dumps(
+            {k: v for k, v in tool.items() if k not in _SKIP_KEYS},
+            ensure_ascii=False,
+            default=str,
+        )
+    except (ValueError, TypeError, RecursionError):
+        return True, None  # odd input: scan everything
+    chars = suspect(blob) or "\\u" in blob
+    if chars:
+        return True, None
+    # JSON's own quotes are not text: keep only the escaped ones (quotes inside strings)
+    if not blob.isascii():
+        blob = unicodedata.normalize("NFKC", blob)  # fullwidth letters spell phrases too
+    lowered = blob.lower().replace('\\"', "\0").replace('"', " ").replace("\0", '"')
+    return False, frozenset(
+        code for code, trigger in _TRIGGER_RE.items() if trigger.search(lowered)
+    )
+
+
 def scan_tool(
     tool: Mapping[str, Any], *, foreign_tools: Collection[str] = ()
 ) -> tuple[Finding, ...]:
@@ -345,12 +378,15 @@ def scan_tool(
     name = tool.get("name")
     tool_name = name if isinstance(name, str) else ""
     findings: list[Finding] = []
+    chars, only = _prefilter(tool)
     for pointer, text in _strings(tool, ""):
         if not text:
             continue
         is_key = pointer.endswith("#key")
+        if not chars and (is_key or not only):
+            continue  # nothing in this tool could fire on this string
         where = pointer[: -len("#key")] if is_key else pointer
-        for code, severity, excerpt, detail in scan_text(text, phrases=not is_key):
+        for code, severity, excerpt, detail in scan_text(text, phrases=not is_key, only=only):
             message = CODES[code][1] + (f" ({detail})" if detail else "")
             if is_key:
                 message = "in a key: " + message
