@@ -162,3 +162,25 @@ async def test_rules_edited_while_running_take_effect_without_a_restart(tmp_path
             rules.write_text("rules: [ {id: broken, effect: nope} ]\n")  # a broken edit...
             for _ in range(5):  # ...keeps the last good rules in force
                 assert not (await client.call_tool("read_file", {"path": "notes.txt"})).is_error
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_monitor_mode_and_shadow_rules_record_what_they_would_do_and_block_nothing(
+    tmp_path: Path, mode: str
+) -> None:
+    root, rules, audit = _workspace(tmp_path)
+    shadow = "  - id: shadow-no-notes\n    effect: deny\n    mode: shadow\n    tools: [read_file]\n"
+    rules.write_text(FS_RULES + shadow)
+    argv = mcpfw_run(rules, audit, "--mode", "monitor", upstream=fixture("fs_server", str(root)))
+    with anyio.fail_after(LIMIT):
+        async with Client(params(argv), mode=mode) as client:
+            assert _text(await client.call_tool("read_file", {"path": "secret.env"})) == "KEY=1"
+            await client.call_tool("delete_file", {"path": "a.tmp"})  # ask: nobody is asked
+    assert not (root / "a.tmp").exists()
+    decisions = [e for e in await audit_events(audit) if e.kind == "decision"]
+    assert [(e.effect, e.enforced, e.shadow_effect) for e in decisions] == [
+        ("deny", False, "deny"),
+        ("ask", False, None),
+    ]
+    got = calls_with_outcomes(await audit_events(audit))
+    assert [o for _, _, o in got] == ["forwarded", "forwarded"]
