@@ -53,7 +53,7 @@ from mcpfw.proxy.http_checks import BadRequest, OriginPolicy, read_json_body
 from mcpfw.proxy.http_endpoint import CallContext, Endpoint, ToolGate
 from mcpfw.proxy.http_session import AgentSession, Exchange, SessionTable
 from mcpfw.proxy.messages import PROTOCOL_VERSION_KEY, classify
-from mcpfw.proxy.shared_upstream import Raw, SharedUpstream, UpstreamUnavailable, error_message
+from mcpfw.proxy.shared_upstream import Raw, SharedUpstream, error_message
 
 __all__ = ["FrontLimits", "HttpFirewall", "SessionGate"]
 
@@ -180,10 +180,14 @@ class HttpFirewall:
                 self.gate.background = None
 
     async def _await_upstream(self, upstream: SharedUpstream) -> None:
-        try:
-            await upstream.wait_ready(self.limits.startup_timeout_s)
-        except UpstreamUnavailable as exc:
-            log.error("%s; serving without it until it connects", exc)
+        with anyio.move_on_after(self.limits.startup_timeout_s):
+            await upstream.first_attempt.wait()  # a failed start is not waited out
+        if not upstream.ready:
+            log.error(
+                "upstream %r is not available (%s); serving without it until it connects",
+                upstream.name,
+                upstream.last_error,
+            )
 
     async def _expire_sessions(self) -> None:
         while True:

@@ -117,6 +117,7 @@ class SharedUpstream:
         self._by_token: dict[str, _Pending] = {}
         self._write: RawWrite | None = None
         self._ready = anyio.Event()
+        self.first_attempt = anyio.Event()  # set once the first connection attempt ended
         self._subscribers: set[Subscriber] = set()
         self._server_requests: dict[Any, Downstream] = {}  # upstream's own request ids
         self.init_result: Raw = {}
@@ -149,6 +150,7 @@ class SharedUpstream:
                 raise
             except Exception as exc:  # boundary: any connector failure is reported and retried
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            self.first_attempt.set()
             self._disconnected()
             log.error("upstream %r unavailable: %s (reconnecting)", self.name, self.last_error)
             await anyio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
@@ -183,6 +185,7 @@ class SharedUpstream:
         await write.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         self._write = write
         self._ready.set()
+        self.first_attempt.set()
         log.info("upstream %r connected (%s)", self.name, self.init_result.get("protocolVersion"))
         async with anyio.create_task_group() as tg:
             async for item in read:

@@ -399,3 +399,36 @@ async def test_a_2026_client_is_asked_through_input_required_and_its_retry_is_fo
     assert ask["method"] == "elicitation/create" and "ci-bot" in ask["params"]["message"]
     assert json.loads(second["result"]["content"][0]["text"])["tool"] == "delete_file"
     assert replayed["result"]["isError"] is True  # an approval is used once
+
+
+async def test_an_upstream_that_cannot_start_is_reported_not_waited_for(tmp_path: Path) -> None:
+    missing = json.dumps({"command": str(tmp_path / "no-such-server")})
+    config = write_config(tmp_path, upstreams={"fs": stdio_upstream(), "gone": missing})
+    with anyio.fail_after(WAIT):
+        async with serving(config) as served, httpx.AsyncClient() as http:
+            ready = await http.get(f"{served.url}/readyz")
+            rpc = Rpc(http, served.mcp("gone"), token("ci-bot"))
+            await rpc.initialize()
+            answer = await rpc.request("tools/call", {"name": "echo", "arguments": {}})
+            healthy = Rpc(http, served.mcp("fs"), token("ci-bot"))
+            await healthy.initialize()
+            works = await healthy.request("tools/call", {"name": "echo", "arguments": {}})
+    assert ready.status_code == 503 and "gone" in ready.json()["unavailable"]
+    assert answer["error"]["code"] == -32603 and "unavailable" in answer["error"]["message"]
+    assert works["result"].get("isError") is not True
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path, extra="  read_timeout_s: 0.2\n")
+    with anyio.fail_after(WAIT):
+        async with serving(config) as served:
+            port = int(served.url.rsplit(":", 1)[1])
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                head = (
+                    "POST /mcp/fs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {token('ci-bot')}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+                )
+                await stream.send(head.encode())
+                answer = await stream.receive()
+    assert answer.startswith(b"HTTP/1.1 408")
