@@ -94,7 +94,7 @@ def _load_recording_or_fail(path: Path) -> Any:
 
 @click.group()
 def sessions() -> None:
-    """Recorded sessions: list, show, export, import."""
+    """Recorded sessions: list, show, export, import, prune."""
 
 
 @sessions.command("list")
@@ -190,6 +190,26 @@ def import_(files: tuple[Path, ...], audit_url: str | None, config_path: Path | 
         click.echo(
             f"imported session {rec.header.session_id} ({len(rec.messages)} messages) from {f}"
         )
+
+
+@sessions.command("prune")
+@click.option(
+    "--before",
+    required=True,
+    callback=lambda _c, _p, v: parse_time(v),
+    help="Delete recordings of sessions started before this time (ISO 8601 or 30d).",
+)
+@_audit_option
+@_config_option
+def prune(before: datetime, audit_url: str | None, config_path: Path | None) -> None:
+    """Delete old recorded sessions (the audit log's decision events are kept)."""
+    from mcpfw.replay.db import prune_recordings
+
+    n_sessions, n_messages = _run(prune_recordings, audit_url, config_path, before)
+    click.echo(
+        f"deleted {n_sessions} recorded session(s), {n_messages} message(s) "
+        f"started before {before.isoformat()}"
+    )
 
 
 # ---------------------------------------------------------------- replay

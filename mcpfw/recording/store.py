@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    delete,
     func,
     insert,
     select,
@@ -55,6 +56,7 @@ __all__ = [
     "link_decision",
     "list_sessions",
     "load_recording",
+    "prune_sessions",
     "recording_messages",
     "recording_sessions",
     "time_text",
@@ -294,6 +296,17 @@ async def load_recording(engine: AsyncEngine, session_id: str) -> Recording | No
             d = RecordedDecision.from_json(json.loads(r.decision))
             decisions.setdefault(d.id, d)
     return Recording(header=_header(head), messages=tuple(messages), decisions=decisions)
+
+
+async def prune_sessions(engine: AsyncEngine, before: datetime) -> tuple[int, int]:
+    """Delete recorded sessions started before `before`; returns (sessions, messages)."""
+    s, m = recording_sessions, recording_messages
+    cutoff = time_text(before)
+    async with engine.begin() as conn:
+        old = select(s.c.session_id).where(s.c.started < cutoff).scalar_subquery()
+        messages = await conn.execute(delete(m).where(m.c.session_id.in_(old)))
+        sessions = await conn.execute(delete(s).where(s.c.started < cutoff))
+    return int(sessions.rowcount or 0), int(messages.rowcount or 0)
 
 
 async def import_recording(engine: AsyncEngine, recording: Recording) -> None:

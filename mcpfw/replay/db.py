@@ -34,6 +34,7 @@ from mcpfw.recording.store import (
     import_recording,
     list_sessions,
     load_recording,
+    prune_sessions,
 )
 from mcpfw.recording.writer import message_redactor
 from mcpfw.replay.calls import calls_from_recording
@@ -49,6 +50,7 @@ __all__ = [
     "limits_for",
     "list_recorded_sessions",
     "open_engine",
+    "prune_recordings",
     "redactor_for",
 ]
 
@@ -142,6 +144,14 @@ async def get_recording(audit_url: str | None, config_path: Path | None, session
     if recording is None:  # deleted between the two reads
         raise ReplayError(f"no recorded session {session!r}")
     return recording
+
+
+async def prune_recordings(
+    audit_url: str | None, config_path: Path | None, before: datetime
+) -> tuple[int, int]:
+    """`mcpfw sessions prune`: (sessions, messages) deleted."""
+    async with open_engine(audit_url, config_path) as engine:
+        return await prune_sessions(engine, before)
 
 
 async def import_recordings(

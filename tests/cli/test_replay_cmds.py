@@ -464,3 +464,16 @@ async def test_serve_recording_over_http_answers_a_real_sdk_client(
             server.should_exit = True
     assert mismatch.status_code == 400 and mismatch.json()["error"]["code"] == -32020
     assert hostile.status_code == 403
+
+
+def test_sessions_prune_deletes_old_recordings_only(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    invoke("sessions", "import", DEV, CI, "--audit", db)
+    dev_started = json.loads(DEV.read_text().splitlines()[0])["session"]["started"]
+    ci_started = json.loads(CI.read_text().splitlines()[0])["session"]["started"]
+    assert dev_started < ci_started
+    res = invoke("sessions", "prune", "--before", ci_started, "--audit", db)
+    assert res.exit_code == 0, res.output
+    assert "deleted 1 recorded session(s), 17 message(s)" in res.output
+    left = json.loads(invoke("sessions", "list", "--audit", db, "--format", "json").output)
+    assert [s["agent"]["id"] for s in left] == ["ci-bot"]
