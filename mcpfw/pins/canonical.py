@@ -19,7 +19,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PINNED_FIELDS", "canonical_definition", "canonical_json", "definition_digest"]
+__all__ = [
+    "PINNED_FIELDS",
+    "canonical_definition",
+    "canonical_digest",
+    "canonical_json",
+    "definition_digest",
+]
 
 PINNED_FIELDS: tuple[str, ...] = (
     "name",
@@ -76,7 +82,12 @@ def canonical_json(value: Any) -> str:
     )
 
 
+def canonical_digest(canonical: Mapping[str, Any]) -> str:
+    """The sha256 hex digest of an already canonical definition."""
+    text = canonical_json(canonical)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def definition_digest(tool: Mapping[str, Any]) -> str:
     """The sha256 hex digest of the canonical definition; what a pin stores."""
-    text = canonical_json(canonical_definition(tool))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return canonical_digest(canonical_definition(tool))

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mcpfw.pins.canonical import canonical_definition, canonical_json, definition_digest
+from mcpfw.pins.canonical import (
+    canonical_definition,
+    canonical_digest,
+    canonical_json,
+    definition_digest,
+)
 from mcpfw.pins.chars import printable
 
 __all__ = [
@@ -103,9 +108,9 @@ def compare(
     checks: list[ToolCheck] = []
     for name in sorted(by_name):
         variants = by_name[name]
-        digests = {definition_digest(t) for t in variants}
-        digest = definition_digest(variants[0])
         canonical = canonical_definition(variants[0])
+        digest = canonical_digest(canonical)
+        digests = {digest} | {definition_digest(t) for t in variants[1:]}
         pin = pins.get(name)
         pinned = pin.digest if pin else ""
         if len(digests) > 1:
