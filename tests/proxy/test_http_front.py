@@ -62,9 +62,9 @@ async def test_agents_with_different_tokens_see_their_own_tools_and_get_their_ow
                     tg.start_soon(agent, name, bearer)
             decisions = {name: await _decisions(served, name) for name in agents}
 
-    everything = ["confirm", "delete_file", "echo", "progress", "read_file", "seen", "slow"]
-    assert seen["boss"][0] == everything
-    assert seen["ci-bot"][0] == everything
+    ci_tools = ["confirm", "delete_file", "echo", "progress", "read_file", "seen", "slow"]
+    assert seen["boss"][0] == sorted([*ci_tools, "crash"])  # admin: every tool
+    assert seen["ci-bot"][0] == ci_tools  # its allow rule's tools, plus what it may be asked
     assert seen["guest"][0] == ["confirm", "delete_file"]  # only what an ask rule could allow
     assert tool_text(seen["ci-bot"][1]) == {"tool": "echo", "arguments": {"who": "ci-bot"}}
     assert tool_text(seen["boss"][1]) == {"tool": "echo", "arguments": {"who": "boss"}}
