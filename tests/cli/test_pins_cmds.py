@@ -190,3 +190,15 @@ def test_scan_reports_findings_and_exits_1(tmp_path: Path) -> None:
     clean = tmp_path / "clean.json"
     clean.write_text(json.dumps({"tools": [ADD, ECHO]}))
     assert run("scan", str(clean), "--format", "json").output.strip() == "{}"
+
+
+def test_every_pins_command_and_option_is_documented() -> None:
+    from mcpfw.cli.pins_cmds import pins
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "pins.md").read_text()
+    for name, command in pins.commands.items():
+        assert f"mcpfw pins {name}" in docs, name
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--") and opt not in ("--help",):
+                    assert opt in docs, f"{name} {opt}"
