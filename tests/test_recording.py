@@ -375,6 +375,7 @@ async def test_mcpfw_run_record_stores_the_whole_session_linked_to_its_decisions
             decisions = await store.list_events()
     assert rec is not None
     assert rec.header.agent.id == "dev" and rec.header.server == "notes"
+    assert rec.header.started <= rec.messages[0].time  # not when the store happened to open
     methods = [(m.direction.value, m.method or "response") for m in rec.messages]
     assert methods[:4] == [
         ("c2s", "initialize"), ("s2c", "response"),

@@ -219,7 +219,8 @@ class SessionRecorder:
             session_id=header.session_id,
             agent=Agent(id=a.id, roles=a.roles, claims=claims, transport=a.transport),
             server=header.server,
-            started=header.started,
+            # the session began with its first message, which may predate the store opening
+            started=min([header.started, *(item["time"] for item in self._queue[:1])]),
             instance=header.instance,
             note=header.note,
         )
