@@ -344,7 +344,11 @@ def main() -> int:
     results = {kind: measure(kind, opts, tmp) for kind in opts.upstreams.split(",")}
     print(f"{opts.agents} concurrent agents (own JWT and session each), {opts.seconds:g} s per")
     print("path, tools/call over HTTP; mcpfw: audit on SQLite, 100-rule policy, one shared")
-    print("upstream session. Both paths in the same run, same upstream process.\n")
+    print("upstream session. Both paths in the same run, same upstream process.")
+    load = os.getloadavg()
+    print(
+        f"Machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} (1/5 min).\n"
+    )
     print("| upstream | path | calls/s | median ms | p99 ms | mcpfw CPU/call ms |")
     print("|---|---|---:|---:|---:|---:|")
     for kind, r in results.items():
