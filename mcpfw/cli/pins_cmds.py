@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -63,16 +64,19 @@ def _safe(text: str) -> Text:
 
 
 def _audit_url(audit: str | None, config: Path | None) -> str | None:
+    """--audit, else the config's audit url, else $MCPFW_AUDIT, else the default database."""
     if audit:
         return audit
-    if config is None:
-        return None
-    from mcpfw.config import ConfigError, load_config
+    if config is not None:
+        from mcpfw.config import ConfigError, load_config
 
-    try:
-        return load_config(config).audit.url
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        try:
+            url = load_config(config).audit.url
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        if url:
+            return url
+    return os.environ.get("MCPFW_AUDIT") or None
 
 
 def _run(
@@ -105,10 +109,10 @@ def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--audit",
         "audit",
-        metavar="URL",
+        metavar="PATH_OR_URL",
         default=None,
         help="Audit database: a file path, sqlite:/// or postgresql:// URL "
-        "(default: the config's, else ~/.local/share/mcpfw/audit.db).",
+        "(default: the config's, else $MCPFW_AUDIT, else ~/.local/share/mcpfw/audit.db).",
     )(f)
 
 

@@ -202,3 +202,13 @@ def test_every_pins_command_and_option_is_documented() -> None:
             for opt in getattr(param, "opts", []):
                 if opt.startswith("--") and opt not in ("--help",):
                     assert opt in docs, f"{name} {opt}"
+
+
+def test_the_audit_database_can_come_from_the_environment(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(db, [ADD])
+    monkeypatch.setenv("MCPFW_AUDIT", db)
+    result = run("list", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert [p["tool"] for p in json.loads(result.output)] == ["add"]
