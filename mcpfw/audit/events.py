@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +41,24 @@ KINDS = ("session_start", "decision", "outcome", "session_end")
 _DATA_ENCODER = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str
 )
+
+
+def _make_encode() -> Callable[[Any], str]:
+    # json's C encoder built once (JSONEncoder.encode builds one per call). No cycle check:
+    # it only ever sees copies made by the redactor, which are acyclic and depth-bounded, or
+    # the original arguments inside `digest`, which catches RecursionError.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has it
+        return _DATA_ENCODER.encode
+    encoder = make(None, str, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_encode = _make_encode()
 _MAX_ARGS_TEXT = 1 << 20  # stored arguments above 1 MiB are replaced by a note
 
 
@@ -59,21 +77,19 @@ def parse_time(text: str) -> datetime:
 def digest(value: Any) -> str:
     """`sha256:<hex>` of the canonical JSON of a value (sorted keys, compact, UTF-8)."""
     try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-        )
+        text = _encode(value)
     except (ValueError, TypeError, RecursionError):
         text = "unencodable:" + repr(value)[:1_000_000]
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _data(value: Mapping[str, Any]) -> str:
-    return _DATA_ENCODER.encode(value)
+    return _encode(value)
 
 
 def _row(kind: str, when: datetime, **columns: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "id": new_id(),
+        "id": columns.pop("id") if "id" in columns else new_id(),
         "kind": kind,
         "time": time_text(when),
         "session_id": "",
@@ -127,14 +143,10 @@ def session_start_row(
 def decision_row(redactor: Redactor, call: ToolCall, decision: Decision) -> dict[str, Any]:
     """A decision event row: the call (arguments redacted, digest of the original) and verdict."""
     args = redactor.redact(dict(call.arguments))
-    arguments: Any = args.value
-    text = _data(arguments)
-    if len(text) > _MAX_ARGS_TEXT:
-        arguments = {"[mcpfw]": f"arguments not stored: {len(text)} bytes after redaction"}
     claims = redactor.redact(dict(call.agent.claims), use_pointers=False)
     rstr = redactor.redact_str
     data = {
-        "arguments": arguments,
+        "arguments": args.value,
         "args_digest": digest(call.arguments),
         "redacted": _masked(args.masked, "/arguments") + _masked(claims.masked, "/claims"),
         "roles": list(call.agent.roles),
@@ -155,6 +167,11 @@ def decision_row(redactor: Redactor, call: ToolCall, decision: Decision) -> dict
         "revision": decision.revision,
         "eval_us": decision.eval_us,
     }
+    text = _data(data)
+    if len(text) > _MAX_ARGS_TEXT:  # keep the event, drop the bulk
+        size = len(_data(args.value))
+        data["arguments"] = {"[mcpfw]": f"arguments not stored: {size} bytes after redaction"}
+        text = _data(data)
     return _row(
         "decision",
         decision.time,
@@ -168,7 +185,7 @@ def decision_row(redactor: Redactor, call: ToolCall, decision: Decision) -> dict
         rule=decision.rule,
         shadow_effect=None if decision.shadow_effect is None else str(decision.shadow_effect),
         decision_id=decision.id,
-        data=_data(data),
+        data=text,
     )
 
 

@@ -140,9 +140,19 @@ _COMPILED = tuple(
 )
 
 
+_ALL_TRIGGERS = re.compile(
+    "|".join(
+        re.escape(t)
+        for t in sorted({t for _, ts, _ in _DETECTORS for t in ts}, key=len, reverse=True)
+    )
+)
+
+
 def redact_text(text: str) -> tuple[str, tuple[str, ...]]:
     """`text` with secret-shaped parts masked, and the kinds found."""
     lower = text.lower()
+    if len(text) < 5 or not _ALL_TRIGGERS.search(lower):
+        return text, ()  # the common case: one scan, nothing to do
     kinds: list[str] = []
     for kind, triggers, pattern in _COMPILED:
         for trigger in triggers:
@@ -190,6 +200,8 @@ class Redactor:
 
     def redact(self, value: Any, *, use_pointers: bool = True) -> Redacted:
         """A JSON-safe copy of `value` with secrets masked (pointers apply from its root)."""
+        if not value and isinstance(value, Mapping | list | tuple):
+            return Redacted(value={} if isinstance(value, Mapping) else [])
         masked: list[tuple[str, str]] = []
         nodes = [self._root] if (use_pointers and self._root is not None) else []
         out = self._walk(value, "", nodes, masked, 0)
@@ -197,7 +209,7 @@ class Redactor:
 
     def redact_str(self, text: str) -> str:
         """A free-text field (reason, detail) with secret-shaped parts masked."""
-        return redact_text(text)[0] if self._detect else text
+        return redact_text(text)[0] if (self._detect and text) else text
 
     def _walk(
         self, value: Any, path: str, nodes: list[_Trie], masked: list[tuple[str, str]], depth: int

@@ -12,18 +12,22 @@ PostgreSQL each instance locks only its own head row: no global lock between ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mcpfw.audit.chain import event_hash
+from mcpfw.audit.chain import GENESIS, event_hash
 from mcpfw.audit.engine import EngineInfo, make_engine
 from mcpfw.audit.errors import AuditError, AuditWriteError
 from mcpfw.audit.events import (
@@ -37,6 +41,7 @@ from mcpfw.audit.migrations import current_version, latest_version, migrate_sync
 from mcpfw.audit.queries import AuditReader
 from mcpfw.audit.redaction import RedactionConfig, Redactor
 from mcpfw.audit.schema import HASHED_COLUMNS, audit_chains, audit_events
+from mcpfw.audit.sqlite_writer import ChainConflict, SqliteWriter
 from mcpfw.audit.urls import default_audit_url
 from mcpfw.model import Agent, Decision, Outcome, ToolCall, utcnow
 
@@ -69,10 +74,13 @@ class AuditStore(AuditReader):
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._head: tuple[int, str] | None = None  # (seq, hash) as last committed by us
-        self._head_known = False  # whether the head row exists (UPDATE vs INSERT)
         self._decisions: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
         self._sessions: dict[str, tuple[str, str]] = {}
         self._closed = False
+        self._wconn: AsyncConnection | None = None
+        self._sqlite: SqliteWriter | None = None
+        if info.sqlite_file:  # a file: the one-hop writer (in-memory shares the SA connection)
+            self._sqlite = SqliteWriter(info.sqlite_file, synchronous=info.synchronous)
 
     @classmethod
     async def open(
@@ -210,6 +218,9 @@ class AuditStore(AuditReader):
         flusher = self._flusher
         if flusher is not None and not flusher.done():
             await asyncio.wait({flusher})
+        await self._drop_writer()
+        if self._sqlite is not None:
+            await self._sqlite.aclose()
         await self.engine.dispose()
 
     async def _write(self, row: dict[str, Any]) -> None:
@@ -233,7 +244,6 @@ class AuditStore(AuditReader):
             except BaseException as exc:  # every waiter of the batch must hear of it
                 error = exc
                 self._head = None
-                self._head_known = False
             for _, future in batch:
                 if future.done():
                     continue  # the caller was cancelled
@@ -252,37 +262,64 @@ class AuditStore(AuditReader):
                 self._pending.clear()
                 raise error
 
+    async def _writer(self) -> AsyncConnection:
+        # One connection held for the writer's lifetime: no pool checkout/reset per commit.
+        if self._wconn is None or self._wconn.closed or self._wconn.invalidated:
+            conn = await self.engine.connect()
+            self._wconn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+        return self._wconn
+
+    async def _drop_writer(self) -> None:
+        conn, self._wconn = self._wconn, None
+        if conn is not None:
+            with contextlib.suppress(SQLAlchemyError, OSError):  # broken: the pool drops it
+                await conn.close()
+
     async def _commit(self, rows: list[dict[str, Any]]) -> None:
         for _ in range(_RETRIES):
             try:
-                async with self.engine.connect() as conn:
-                    conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+                if self._sqlite is not None:
+                    head = await self._sqlite.commit(
+                        self.instance, self._head, rows, time_text(utcnow())
+                    )
+                else:
+                    conn = await self._writer()
                     async with conn.begin():
                         head = await self._chain(conn, rows)
                 self._head = head
-                self._head_known = True
                 self.commits += 1
                 return
-            except (_ChainConflict, IntegrityError):
+            except (_ChainConflict, ChainConflict, IntegrityError, sqlite3.IntegrityError):
                 self._head = None  # someone else advanced this chain: reload and retry
-                self._head_known = False
+            except BaseException:
+                await self._drop_writer()
+                raise
         raise AuditWriteError(
             f"audit chain {self.instance!r} kept changing under this writer: another process "
             "is writing with the same instance id"
         )
 
     async def _chain(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> tuple[int, str]:
-        head = self._head
-        if head is None:
-            found = (
-                await conn.execute(
-                    select(audit_chains.c.seq, audit_chains.c.hash)
-                    .where(audit_chains.c.instance == self.instance)
-                    .with_for_update()
-                )
-            ).first()
-            self._head_known = found is not None
-            head = (int(found.seq), str(found.hash)) if found is not None else (0, "0" * 64)
+        # Lock this chain's head row first (PostgreSQL: FOR UPDATE, one row per instance, no
+        # global lock), so writers sharing a chain id queue up instead of deadlocking on seq.
+        now = time_text(utcnow())
+        locate = (
+            select(audit_chains.c.seq, audit_chains.c.hash)
+            .where(audit_chains.c.instance == self.instance)
+            .with_for_update()
+        )
+        found = (await conn.execute(locate)).first()
+        if found is None:
+            dialect = pg_insert if self.info.is_postgres else sqlite_insert
+            await conn.execute(
+                dialect(audit_chains)
+                .values(instance=self.instance, seq=0, hash=GENESIS, updated=now)
+                .on_conflict_do_nothing(index_elements=["instance"])
+            )
+            found = (await conn.execute(locate)).first()
+        if found is None:  # pragma: no cover - the row was just created
+            raise AuditWriteError(f"cannot create the head of audit chain {self.instance!r}")
+        head = (int(found.seq), str(found.hash))
         seq, prev = head
         chained = []
         for row in rows:
@@ -291,19 +328,13 @@ class AuditStore(AuditReader):
             prev = values["hash"] = event_hash(prev, [values[c] for c in HASHED_COLUMNS])
             chained.append(values)
         await conn.execute(insert(audit_events), chained)
-        now = time_text(utcnow())
-        if self._head_known:
-            result = await conn.execute(
-                update(audit_chains)
-                .where(audit_chains.c.instance == self.instance, audit_chains.c.seq == head[0])
-                .values(seq=seq, hash=prev, updated=now)
-            )
-            if result.rowcount != 1:
-                raise _ChainConflict()
-        else:
-            await conn.execute(
-                insert(audit_chains).values(instance=self.instance, seq=seq, hash=prev, updated=now)
-            )
+        result = await conn.execute(
+            update(audit_chains)
+            .where(audit_chains.c.instance == self.instance, audit_chains.c.seq == head[0])
+            .values(seq=seq, hash=prev, updated=now)
+        )
+        if result.rowcount != 1:
+            raise _ChainConflict()
         return seq, prev
 
 
