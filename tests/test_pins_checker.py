@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -141,3 +142,25 @@ async def test_a_result_without_a_tools_list_is_passed_on_unchanged(store: PinSt
     assert await checker.on_tools_list({"weird": True}) == {"weird": True}
     out = await checker.on_tools_list({"tools": ["junk", {"name": 3}, ADD]})
     assert out["tools"] == ["junk", {"name": 3}, ADD]
+
+
+class HangingStore:
+    """A pin store whose database never answers (a lock held elsewhere)."""
+
+    async def observe(self, *args: Any, **kwargs: Any) -> Any:
+        await anyio.sleep_forever()
+
+    async def pin(self, *args: Any, **kwargs: Any) -> Any:
+        await anyio.sleep_forever()
+
+
+async def test_a_hanging_pin_store_is_bounded_and_fails_closed() -> None:
+    options = PinOptions(mode=PinMode.BLOCK, store_timeout_s=0.05)
+    checker = PinChecker("s", store=HangingStore(), options=options)  # type: ignore[arg-type]
+    with anyio.fail_after(5):
+        out = await checker.on_tools_list({"tools": [ADD]})
+        assert names(out) == []
+        verdict = await checker.check_call("add")
+        assert not verdict.allowed and "pin-unverified" in verdict.findings
+        fresh = PinChecker("s", store=HangingStore(), options=options)  # type: ignore[arg-type]
+        assert not (await fresh.check_call("add")).allowed

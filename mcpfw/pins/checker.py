@@ -55,6 +55,7 @@ class PinOptions:
     sanitize: bool = True  # strip ANSI/control/invisible characters from descriptions
     trust_on_first_use: bool = True  # pin unseen tools; False: they need `mcpfw pins approve`
     refresh_timeout_s: float = 10.0  # bound on re-listing the upstream's tools ourselves
+    store_timeout_s: float = 5.0  # bound on the pin store (a locked database): then unverified
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -124,13 +125,17 @@ class PinChecker:
                 try:
                     if self.store is None:
                         raise PinStoreError("no pin store (the audit database is unavailable)")
-                    checks = await self.store.observe(
-                        self.server,
-                        listed,
-                        findings=found,
-                        trust_on_first_use=self.options.trust_on_first_use,
-                    )
+                    with anyio.fail_after(self.options.store_timeout_s):
+                        checks = await self.store.observe(
+                            self.server,
+                            listed,
+                            findings=found,
+                            trust_on_first_use=self.options.trust_on_first_use,
+                        )
                     statuses = {c.tool: c.status for c in checks}
+                except TimeoutError:
+                    log.error("pins: server %r: the pin store did not answer in time", self.server)
+                    statuses = {str(t["name"]): None for t in listed}
                 except PinStoreError as exc:
                     log.error("pins: server %r: %s (tools unverified)", self.server, exc)
                     statuses = {str(t["name"]): None for t in listed}
@@ -210,7 +215,11 @@ class PinChecker:
         try:
             if self.store is None:
                 raise PinStoreError("no pin store (the audit database is unavailable)")
-            pin = await self.store.pin(self.server, tool)
+            with anyio.fail_after(self.options.store_timeout_s):
+                pin = await self.store.pin(self.server, tool)
+        except TimeoutError:
+            log.error("pins: server %r: the pin store did not answer in time", self.server)
+            pin = None
         except PinStoreError as exc:
             log.error("pins: server %r: %s", self.server, exc)
             pin = None
