@@ -123,7 +123,13 @@ class Conn:
 
 
 async def run_load(
-    url: str, agents: int, seconds: float, *, session: bool, tokens: list[str] | None
+    url: str,
+    agents: int,
+    seconds: float,
+    *,
+    session: bool,
+    tokens: list[str] | None,
+    on_start: Any = None,
 ) -> tuple[int, list[float], float]:
     match = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
     assert match
@@ -174,6 +180,8 @@ async def run_load(
     stop_at = time.perf_counter() + 1.0  # warm-up
     await asyncio.gather(*(agent(c, n) for n, c in enumerate(conns)))
     measuring = True
+    if on_start is not None:
+        on_start()
     started = time.perf_counter()
     stop_at = started + seconds
     await asyncio.gather(*(agent(c, n) for n, c in enumerate(conns)))
@@ -312,11 +320,14 @@ def measure(kind: str, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             run_load(f"http://127.0.0.1:{up_port}/mcp", opts.agents, opts.seconds,
                      session=kind == "sdk", tokens=None)
         )  # fmt: skip
-        fw_cpu = cpu_seconds(firewall.pid)
+        cpu_at_start: list[float] = []
         through = asyncio.run(
-            run_load(base + "/mcp/bench", opts.agents, opts.seconds, session=True, tokens=tokens)
-        )
-        fw_cpu = cpu_seconds(firewall.pid) - fw_cpu  # connect, warm-up and measured calls
+            run_load(
+                base + "/mcp/bench", opts.agents, opts.seconds, session=True, tokens=tokens,
+                on_start=lambda: cpu_at_start.append(cpu_seconds(firewall.pid)),
+            )
+        )  # fmt: skip
+        fw_cpu = cpu_seconds(firewall.pid) - cpu_at_start[0]  # the measured calls only
     finally:
         for process in (firewall, upstream):
             process.send_signal(2)
@@ -357,7 +368,7 @@ def main() -> int:
         t_med, t_p99 = stats(tl)
         r["summary"] = (tn / tw, tn / tw / (dn / dw), t_med - d_med)
         print(f"| {names[kind]} | direct | {dn / dw:,.0f} | {d_med:.2f} | {d_p99:.2f} | |")
-        cpu = r["fw_cpu"] * 1000 / (tn * (1 + 1 / opts.seconds))  # warm-up second included
+        cpu = r["fw_cpu"] * 1000 / tn
         print(
             f"| {names[kind]} | through mcpfw | {tn / tw:,.0f} | {t_med:.2f} | {t_p99:.2f} "
             f"| {cpu:.2f} |"
