@@ -32,6 +32,7 @@ __all__ = [
     "error_response",
     "is_modern_version",
     "result_response",
+    "valid_id",
 ]
 
 Message = dict[str, Any]
@@ -86,6 +87,8 @@ def encode(message: Message) -> bytes:
 
 def classify(message: Message) -> Kind:
     """Request, notification, response, or something JSON-RPC does not allow."""
+    if "id" in message and not valid_id(message["id"]):
+        return "invalid"  # an object or array id would also break every id-keyed table
     method = message.get("method")
     if method is not None:
         if not isinstance(method, str):
@@ -94,6 +97,11 @@ def classify(message: Message) -> Kind:
     if "id" in message and ("result" in message or "error" in message):
         return "response"
     return "invalid"
+
+
+def valid_id(value: object) -> bool:
+    """JSON-RPC ids are strings, numbers or null."""
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
 
 
 def result_response(request_id: Any, result: dict[str, Any]) -> Message:

@@ -47,6 +47,7 @@ from mcpfw.proxy.messages import (
     classify,
     error_response,
     is_modern_version,
+    valid_id,
 )
 from mcpfw.proxy.stdio import Channel
 
@@ -212,10 +213,10 @@ class Relay:
                 elif kind == "response":
                     await self._client_response(item)
                 else:
+                    rid = item.get("id")
+                    rid = rid if valid_id(rid) else None  # never echo an object or array id
                     await self._to_client(
-                        error_response(
-                            item.get("id"), INVALID_REQUEST, "not a JSON-RPC 2.0 request"
-                        )
+                        error_response(rid, INVALID_REQUEST, "not a JSON-RPC 2.0 request")
                     )
 
     async def _client_request(self, message: Message) -> None:
