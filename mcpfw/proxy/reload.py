@@ -107,6 +107,14 @@ class RuleHolder:
             self.failed_reloads += 1
             log.error("rules changed but cannot be read (%s); keeping the old rule set", exc)
             return False
+        except Exception as exc:  # boundary: the watcher must outlive any bad edit
+            self.failed_reloads += 1
+            log.error(
+                "rules changed but failed to load (%s: %s); keeping the old rule set",
+                type(exc).__name__,
+                exc,
+            )
+            return False
         if self._current is not None and ruleset.revision == self._current.revision:
             return False
         old = self._current.revision[:12] if self._current else "none"
