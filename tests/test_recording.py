@@ -550,3 +550,22 @@ async def test_replay_reads_decision_events_on_both_backends(store_url: str) -> 
             calls = await audit_calls(store.engine, CallFilter(agent="a"))
     assert [(c.original.rule, c.call.arguments["n"]) for c in calls] == [("r1", 0), ("r2", 1)]
     assert all(c.redacted == ("/token",) for c in calls)
+
+
+@pytest.mark.anyio
+async def test_a_message_changed_after_it_was_recorded_is_stored_as_it_was(
+    tmp_path: Path,
+) -> None:
+    engine = await _engine(tmp_path)
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "t", "arguments": {"path": "/a"}}}  # fmt: skip
+    with anyio.fail_after(10):
+        async with open_recorder(
+            engine, session_id="s-snap", agent=Agent(id="a"), redact=message_redactor(Redactor())
+        ) as rec:
+            rec.record("c2s", message)
+            message["params"]["arguments"]["path"] = "/changed-later"
+        loaded = await load_recording(engine, "s-snap")
+    await engine.dispose()
+    assert loaded is not None
+    assert loaded.messages[0].message["params"]["arguments"] == {"path": "/a"}

@@ -10,6 +10,7 @@ loudly, counts the lost messages (`dropped`), and keeps relaying; it never block
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -177,7 +178,9 @@ class SessionRecorder:
             "seq": self._seq,
             "time": time or utcnow(),
             "direction": Direction(direction).value,
-            "message": to_json_message(message),
+            # a snapshot now: the relay may hand the same dicts on, and nothing after this
+            # point may change what was recorded (C-speed for typical message sizes)
+            "message": json.dumps(to_json_message(message), ensure_ascii=False, default=str),
             "decision_id": decision.id if decision is not None else decision_id,
             "decision": None if decision is None else RecordedDecision.from_decision(decision),
             "source": source,
@@ -241,7 +244,7 @@ class SessionRecorder:
                 rows = []
                 for item in batch:
                     self._queued.pop(item["seq"], None)
-                    redacted, pointers = self._redact(item["message"])
+                    redacted, pointers = self._redact(json.loads(item["message"]))
                     rows.append({**item, "message": redacted, "redacted": pointers})
                 try:
                     await insert_messages(self.engine, self.session_id, rows)
