@@ -1,22 +1,16 @@
 """Opening the pin store on an audit database URL (for the CLI and tests).
 
 The firewall itself uses the engine of its open `AuditStore`; commands that only manage pins
-open the same database here, bringing its schema up to date with the audit migrations.
+open the same database through `open_store`, which creates or migrates its schema (the pin
+tables are audit migration 2) exactly as the firewall would, PostgreSQL `?schema=` included.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from mcpfw.audit.engine import make_engine
-from mcpfw.audit.errors import AuditError
-from mcpfw.audit.events import time_text
-from mcpfw.audit.migrations import migrate_sync
-from mcpfw.audit.urls import default_audit_url
-from mcpfw.model import utcnow
+from mcpfw.audit import AuditError, open_store
 from mcpfw.pins.errors import PinStoreError
 from mcpfw.pins.store import PinStore
 
@@ -29,23 +23,14 @@ async def open_pin_store(
 ) -> AsyncIterator[PinStore]:
     """A `PinStore` on the audit database at `url` (default: the default audit database).
 
-    Raises `PinStoreError` with a message naming the database when it cannot be opened.
+    With create=False a missing database is an error. Raises `PinStoreError` with a message
+    naming the database when it cannot be opened.
     """
-    raw = url or default_audit_url()
-    try:
-        engine, info = make_engine(raw, create=create)
-    except AuditError as exc:
-        raise PinStoreError(str(exc)) from None
-    try:
+    async with AsyncExitStack() as stack:
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(
-                    lambda sync: migrate_sync(
-                        sync, applied_at=time_text(utcnow()), is_postgres=info.is_postgres
-                    )
-                )
-        except (SQLAlchemyError, OSError, AuditError) as exc:
-            raise PinStoreError(f"cannot open the audit database {info.url}: {exc}") from None
-        yield PinStore(engine)
-    finally:
-        await engine.dispose()
+            store = await stack.enter_async_context(
+                open_store(url, create=create, instance="mcpfw-pins-cli")
+            )
+        except AuditError as exc:
+            raise PinStoreError(str(exc)) from None
+        yield PinStore(store.engine)
