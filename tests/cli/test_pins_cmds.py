@@ -212,3 +212,16 @@ def test_the_audit_database_can_come_from_the_environment(
     result = run("list", "--format", "json")
     assert result.exit_code == 0, result.output
     assert [p["tool"] for p in json.loads(result.output)] == ["add"]
+
+
+@pytest.mark.postgres
+def test_pins_commands_work_on_postgresql(postgres_url: str) -> None:
+    import uuid
+
+    server = f"pg-{uuid.uuid4().hex[:8]}"
+    seed(postgres_url, [ADD], [RUGGED], server=server)
+    listed = json.loads(run("list", server, "--audit", postgres_url, "--format", "json").output)
+    assert [(p["tool"], p["status"]) for p in listed] == [("add", "drifted")]
+    assert run("approve", server, "add", "--audit", postgres_url).exit_code == 0
+    assert status(postgres_url, server, "add") is PinStatus.PINNED
+    assert run("reset", server, "--yes", "--audit", postgres_url).exit_code == 0
