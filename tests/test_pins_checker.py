@@ -185,3 +185,27 @@ async def test_a_tool_named_like_another_servers_tool_is_flagged(store: PinStore
     )
     await shadow.on_tools_list({"tools": [{"name": "Read-File", "inputSchema": {}}]})
     assert "name-collision" in (await shadow.check_call("Read-File")).findings
+
+
+class BrokenStore:
+    """A pin store with a bug: it raises something nobody expects."""
+
+    async def observe(self, *args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("bug")
+
+    async def pin(self, *args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("bug")
+
+
+@pytest.mark.parametrize("mode", [PinMode.BLOCK, PinMode.WARN])
+async def test_a_bug_in_pinning_never_raises_and_fails_closed_under_block(mode: PinMode) -> None:
+    checker = PinChecker("s", store=BrokenStore(), options=PinOptions(mode=mode))  # type: ignore[arg-type]
+    out = await checker.on_tools_list({"tools": [ADD], "nextCursor": "x"})
+    assert out["nextCursor"] == "x"
+    assert names(out) == ([] if mode is PinMode.BLOCK else ["add"])
+    verdict = await checker.check_call("add")
+    assert verdict.allowed is (mode is PinMode.WARN) and "pin-unverified" in verdict.findings
+    fresh = await PinChecker("s", store=BrokenStore(), options=PinOptions(mode=mode)).check_call(  # type: ignore[arg-type]
+        "never_listed"
+    )
+    assert fresh.allowed is (mode is PinMode.WARN)

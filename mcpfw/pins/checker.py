@@ -112,7 +112,26 @@ class PinChecker:
         return state.findings if state else ()
 
     async def on_tools_list(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        """Check one `tools/list` result; return the result to pass on to the client."""
+        """Check one `tools/list` result; return the result to pass on to the client.
+
+        Never raises: an internal failure leaves every listed tool unverified (hidden under
+        `block`, passed on and flagged under `warn`).
+        """
+        try:
+            return await self._on_tools_list(result)
+        except Exception:  # boundary: the relay's upstream pump must survive a pins bug
+            log.exception("pins: server %r: cannot check a tools/list result", self.server)
+            tools = result.get("tools")
+            listed = tools if isinstance(tools, list) else []
+            names = [t.get("name") for t in listed if isinstance(t, Mapping)]
+            for name in names:
+                if isinstance(name, str):
+                    self._tools[name] = _ToolState(status=None, codes=(UNVERIFIED,), findings=())
+            if self.options.mode is PinMode.BLOCK:
+                return {**result, "tools": [t for t in listed if not isinstance(t, Mapping)]}
+            return dict(result)
+
+    async def _on_tools_list(self, result: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(result)
         tools = result.get("tools")
         if not isinstance(tools, list):
@@ -170,6 +189,18 @@ class PinChecker:
 
     async def check_call(self, tool: str) -> PinVerdict:
         """The pin verdict on a call to `tool` (never raises)."""
+        try:
+            return await self._check_call(tool)
+        except Exception:  # boundary: a pins bug must not crash the call; fail closed
+            log.exception("pins: server %r: cannot check a call to %r", self.server, tool)
+            return PinVerdict(
+                allowed=self.options.mode is not PinMode.BLOCK,
+                findings=(UNVERIFIED,),
+                reason="its definition could not be checked (internal error, see the log)",
+                status="unverified",
+            )
+
+    async def _check_call(self, tool: str) -> PinVerdict:
         state = self._tools.get(tool)
         block = self.options.mode is PinMode.BLOCK
         can_refresh = self.refresh is not None and self.pinning
