@@ -9,7 +9,6 @@ and an allow rule does not match.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import shlex
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from mcpfw.policy.glob import glob_match
 
 __all__ = ["FUNCTIONS", "Signature"]
 
@@ -93,52 +94,6 @@ def is_secret_path(path: str) -> bool:
 
 
 # --- globs -------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4096)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a glob: `*` any run without `/`, `**` anything, `?` one char but `/`, `[a-z]`."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            if pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-                continue
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "^") else i + 1)
-            if end == -1:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end]
-                negate = body[:1] in ("!", "^")
-                if negate:
-                    body = body[1:]
-                body = body.replace("\\", "\\\\").replace("[", "\\[")
-                out.append(f"[{'^' if negate else ''}{body}]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-def glob_match(text: str, pattern: str) -> bool:
-    """True when the whole of `text` matches the glob `pattern` (case-sensitive)."""
-    return glob_regex(pattern).fullmatch(text) is not None
-
-
-def is_glob(pattern: str) -> bool:
-    """True when `pattern` has glob syntax (otherwise it matches only itself)."""
-    return any(c in pattern for c in "*?[\\")
 
 
 # --- URLs and hosts ----------------------------------------------------------------------

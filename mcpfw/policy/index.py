@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING
 
-from mcpfw.policy.functions import glob_match, is_glob
+from mcpfw.policy.glob import glob_match, is_glob
 
 if TYPE_CHECKING:
     from mcpfw.policy.loader import Rule
