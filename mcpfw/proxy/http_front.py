@@ -451,12 +451,14 @@ class _McpRoute:
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
         assert isinstance(params, dict)
         capabilities = params.get("capabilities")
-        session = self.fw.sessions.open(
+        session, evicted = self.fw.sessions.open(
             agent,
             self.server,
             str(params.get("protocolVersion", "")),
             capabilities if isinstance(capabilities, dict) else {},
         )
+        for old in evicted:
+            await self.fw._after_close(old, "evicted (idle, or too many sessions)")
         result = self.endpoint.initialize_result(params.get("protocolVersion"))
         session.protocol_version = result["protocolVersion"]
         for name in self.endpoint.upstreams:

@@ -117,9 +117,16 @@ class AgentSession:
 class SessionTable:
     """Live sessions by id, with idle expiry."""
 
-    def __init__(self, *, idle_timeout_s: float = 3600.0, max_sessions: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        idle_timeout_s: float = 3600.0,
+        max_sessions: int = 10_000,
+        max_per_agent: int = 100,
+    ) -> None:
         self.idle_timeout_s = idle_timeout_s
         self.max_sessions = max_sessions
+        self.max_per_agent = max_per_agent
         self._sessions: dict[str, AgentSession] = {}
 
     def __len__(self) -> int:
@@ -127,11 +134,19 @@ class SessionTable:
 
     def open(
         self, agent: Agent, endpoint: str, protocol_version: str, capabilities: Raw
-    ) -> AgentSession:
-        self.expire()
-        if len(self._sessions) >= self.max_sessions:
-            oldest = min(self._sessions.values(), key=lambda s: s.last_seen)
-            self.close(oldest.id)
+    ) -> tuple[AgentSession, list[AgentSession]]:
+        """A new session, and the sessions closed to make room (the caller records them)."""
+        closed = self.expire()
+        # Bounded per agent first, so one agent opening sessions in a loop only evicts its own.
+        own = [s for s in self._sessions.values() if s.agent.id == agent.id]
+        victim: AgentSession | None = None
+        if len(own) >= self.max_per_agent:
+            victim = min(own, key=lambda s: s.last_seen)
+        elif len(self._sessions) >= self.max_sessions:
+            victim = min(self._sessions.values(), key=lambda s: s.last_seen)
+        if victim is not None:
+            self.close(victim.id)
+            closed.append(victim)
         session = AgentSession(
             id=secrets.token_urlsafe(24),
             agent=agent,
@@ -140,7 +155,7 @@ class SessionTable:
             client_capabilities=capabilities,
         )
         self._sessions[session.id] = session
-        return session
+        return session, closed
 
     def get(self, session_id: str) -> AgentSession | None:
         session = self._sessions.get(session_id)
