@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -241,10 +242,13 @@ class SessionRecorder:
             while self._queue or self._late:
                 batch, self._queue = self._queue, []
                 late, self._late = self._late, []
+                # Redaction is regex work: in a worker thread, so the relay's event loop keeps
+                # turning while a big batch is masked.
+                texts = [item["message"] for item in batch]
+                masked = await anyio.to_thread.run_sync(self._redact_texts, texts)
                 rows = []
-                for item in batch:
-                    self._queued.pop(item["seq"], None)
-                    redacted, pointers = self._redact(json.loads(item["message"]))
+                for item, (redacted, pointers) in zip(batch, masked, strict=True):
+                    self._queued.pop(item["seq"], None)  # attach() after this goes late
                     rows.append({**item, "message": redacted, "redacted": pointers})
                 try:
                     await insert_messages(self.engine, self.session_id, rows)
@@ -260,6 +264,11 @@ class SessionRecorder:
                     )
                 else:
                     self.written += len(rows)
+
+    def _redact_texts(self, texts: list[str]) -> list[tuple[Any, tuple[str, ...]]]:
+        assert self._redact is not None
+        redact = self._redact
+        return [redact(json.loads(text)) for text in texts]
 
     async def run(self, *, interval: float = 0.2) -> None:
         """Background flusher: write a batch when it is full or every `interval` seconds."""
