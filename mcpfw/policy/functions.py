@@ -9,6 +9,7 @@ and an allow rule does not match.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import shlex
@@ -21,6 +22,11 @@ from urllib.parse import unquote, urlsplit
 from mcpfw.policy.glob import glob_match
 
 __all__ = ["FUNCTIONS", "Signature"]
+
+
+def _show(text: str) -> str:
+    """A short quotation of user input for an error message."""
+    return repr(text if len(text) <= 60 else text[:60] + "...")
 
 
 # --- paths -------------------------------------------------------------------------------
@@ -129,9 +135,9 @@ def _clean_host(host: str) -> str:
         try:
             host = host.encode("idna").decode("ascii").lower()
         except UnicodeError:
-            raise ValueError(f"not a valid host name: {host!r}") from None
+            raise ValueError(f"not a valid host name: {_show(host)}") from None
     if any(c in host for c in " \t\r\n/\\@#?%") or any(ord(c) < 0x20 for c in host):
-        raise ValueError(f"not a valid host: {host!r}")
+        raise ValueError(f"not a valid host: {_show(host)}")
     return host
 
 
@@ -144,7 +150,7 @@ def url_host(url: str) -> str:
     else:
         host = netloc.split(":", 1)[0]
     if not host:
-        raise ValueError(f"URL has no host: {url!r}")
+        raise ValueError(f"URL has no host: {_show(url)}")
     return _clean_host(host)
 
 
@@ -284,16 +290,21 @@ def is_ip(host: str) -> bool:
 _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
+MAX_ADDRESS = 1024  # an address is at most 254 characters; leave room for a display name
+
+
 def email_address(text: str) -> str:
     """The one address in `text` (`Name <a@b.c>` or `a@b.c`), domain lower-cased.
     Several addresses, or anything not a plain address, is an error."""
     text = text.strip()
+    if len(text) > MAX_ADDRESS:
+        raise ValueError(f"email address longer than {MAX_ADDRESS} characters")
     pairs = getaddresses([text])
     if len(pairs) != 1:
-        raise ValueError(f"expected one email address, got {len(pairs)}: {text!r}")
+        raise ValueError(f"expected one email address, got {len(pairs)}: {_show(text)}")
     addr = pairs[0][1].strip()
     if addr.count("@") != 1 or not _ADDRESS.fullmatch(addr):
-        raise ValueError(f"not a plain email address: {text!r}")
+        raise ValueError(f"not a plain email address: {_show(text)}")
     local, domain = addr.split("@")
     return f"{local}@{domain.lower().rstrip('.')}"
 
@@ -313,10 +324,20 @@ def has_shell_meta(text: str) -> bool:
     return any(c in SHELL_META for c in text)
 
 
+MAX_COMMAND = 8192  # shlex is slow; a longer command line fails closed instead
+
+
 def shell_split(text: str) -> list[str]:
     """Split a command line into words like a POSIX shell would (quotes, escapes)."""
+    return list(_shell_split(text))
+
+
+@functools.lru_cache(maxsize=256)  # rules tend to split the same command several times
+def _shell_split(text: str) -> tuple[str, ...]:
+    if len(text) > MAX_COMMAND:
+        raise ValueError(f"command line longer than {MAX_COMMAND} characters")
     try:
-        return shlex.split(text, comments=False, posix=True)
+        return tuple(shlex.split(text, comments=False, posix=True))
     except ValueError as exc:
         raise ValueError(f"cannot split command line: {exc}") from None
 

@@ -234,6 +234,17 @@ def test_shell_helpers() -> None:
         f.shell_split("echo 'unterminated")
 
 
+def test_slow_parsers_refuse_oversized_input_and_errors_quote_briefly() -> None:
+    with pytest.raises(ValueError, match="longer than 8192"):
+        f.shell_split("a " * 5000)
+    with pytest.raises(ValueError, match="longer than 1024") as info:
+        f.email_address("a" * 2000 + "@example.com")
+    assert len(str(info.value)) < 100
+    with pytest.raises(ValueError) as info:
+        f.url_host("https://" + "a b" * 10_000)
+    assert len(str(info.value)) < 120
+
+
 def test_git_and_list_helpers() -> None:
     assert f.ref_branch(" +HEAD:refs/heads/Main ") == "main"
     assert f.ref_branch("feature:release/1") == "release/1"
