@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mcpfw.audit.redaction import Redactor
+from mcpfw.audit.redaction import Redactor, clean_text
 from mcpfw.model import Agent, Decision, Effect, Outcome, RuleError, ToolCall, new_id
 
 __all__ = [
@@ -84,7 +84,7 @@ def digest(value: Any) -> str:
 
 
 def _data(value: Mapping[str, Any]) -> str:
-    return _encode(value)
+    return clean_text(_encode(value))
 
 
 def _row(kind: str, when: datetime, **columns: Any) -> dict[str, Any]:
@@ -104,6 +104,10 @@ def _row(kind: str, when: datetime, **columns: Any) -> dict[str, Any]:
         "outcome": None,
     }
     row.update(columns)
+    for key in ("session_id", "agent_id", "server", "tool", "rule", "id", "decision_id"):
+        value = row[key]
+        if isinstance(value, str) and not value.isascii():
+            row[key] = clean_text(value)
     return row
 
 

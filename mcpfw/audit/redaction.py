@@ -78,6 +78,18 @@ _SECRET_KEY_SUFFIX = re.compile(
 _KEY_STRIP = str.maketrans("", "", "-_. ")
 
 
+def clean_text(text: str) -> str:
+    """`text` as storable UTF-8: lone surrogates (legal in JSON escapes, not in UTF-8) become
+    U+FFFD instead of making the write fail."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
 @functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """Whether a mapping key names a secret (its whole value is masked)."""
@@ -209,6 +221,7 @@ class Redactor:
 
     def redact_str(self, text: str) -> str:
         """A free-text field (reason, detail) with secret-shaped parts masked."""
+        text = clean_text(text)
         return redact_text(text)[0] if (self._detect and text) else text
 
     def _walk(
@@ -221,6 +234,7 @@ class Redactor:
             masked.append((path, "too-deep"))
             return "[TRUNCATED:too-deep]"
         if isinstance(value, str):
+            value = clean_text(value)
             if self._detect:
                 text, kinds = redact_text(value)
                 if kinds:
@@ -232,7 +246,7 @@ class Redactor:
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
             for raw_key, item in value.items():
-                key = str(raw_key)
+                key = clean_text(str(raw_key))
                 sub = path + "/" + _escape(key)
                 if (
                     self._detect

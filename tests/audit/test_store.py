@@ -485,3 +485,34 @@ async def test_writing_to_a_closed_store_is_a_write_error(audit_url: str) -> Non
             pass
         with pytest.raises(AuditWriteError):
             await store.record_decision(make_call(), make_decision())
+
+
+async def test_text_that_is_not_valid_utf8_is_stored_not_refused(audit_url: str) -> None:
+    call = make_call(tool="t\ud800", arguments={"path": "/a\udcff", "k\ud800": 1})
+    decision = make_decision()
+    with anyio.fail_after(30):
+        async with open_store(audit_url, instance="fw-a") as store:
+            await store.record_decision(call, decision)
+            event_ = await store.get_event(decision.id)
+            report = await store.verify()
+    assert event_ is not None and report.ok
+    assert event_.tool.startswith("t") and "\ufffd" in event_.tool
+    assert event_.data["arguments"]["path"].startswith("/a\ufffd")
+
+
+async def test_a_value_of_the_wrong_type_written_by_hand_is_reported_not_a_crash(
+    tmp_path: Any,
+) -> None:
+    path = str(tmp_path / "audit.db")
+    with anyio.fail_after(30):
+        async with open_store(path, instance="fw-a") as store:
+            decisions = await _populate(store, 3)
+            async with store.engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE audit_events SET tool = x'00ff' WHERE id = :id"),
+                    {"id": decisions[1].id},
+                )
+            report = await store.verify()
+    broken = report.breaks[0].broken
+    assert broken is not None
+    assert (broken.kind, broken.event_id) == ("edited", decisions[1].id)
