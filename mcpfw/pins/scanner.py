@@ -175,10 +175,13 @@ _PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ),
         (
             "exfiltration-instruction",
-            rf"\b{_VERB}\s+(?:its|the|their|all|this|that|your|the\s+full|the\s+entire)?\s*"
-            r"(?:full\s+|entire\s+|whole\s+|complete\s+)?"
-            r"(?:contents?|text|output|data|file|conversation|history|keys?|tokens?|secrets?|"
-            r"credentials?|passwords?)\s+(?:of\s+[\w./~-]+\s+)?(?:as|in|into|via|inside)\s+(?:the\s+|a\s+)?"
+            # "pass its content as 'sidenote'": data from elsewhere (its/their), or secrets,
+            # smuggled into a parameter. "Put the text in the `text` field" is ordinary usage.
+            rf"\b{_VERB}\s+(?:(?:its|their)\s+(?:full\s+|entire\s+|whole\s+|complete\s+)?"
+            r"(?:contents?|text|output|data)"
+            r"|(?:the\s+|all\s+|any\s+|your\s+|these\s+)?(?:api\s+)?(?:keys?|tokens?|secrets?|"
+            r"credentials?|passwords?|conversation|history))"
+            r"\s+(?:of\s+[\w./~-]+\s+)?(?:as|in|into|via|inside)\s+(?:the\s+|a\s+)?"
             r"(?:['\"`]?\w+['\"`]?\s+(?:parameter|argument|field|param)\b|['\"`]\w+['\"`])"
             r"|\b(?:system\s+prompt|conversation\s+history|chat\s+history|entire\s+conversation|"
             r"previous\s+messages)\b[^.]{0,60}\b(?:parameter|argument|field|send|include|pass)\b"
