@@ -105,8 +105,8 @@ class AuditStore(AuditReader):
 
     async def _prepare(self, *, create: bool) -> None:
         try:
-            if not create and await self._up_to_date():
-                return  # a reader on a current database writes nothing
+            if await self._up_to_date(create=create):
+                return  # the common case: one read, no write transaction
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
                 async with conn.begin():
@@ -126,10 +126,12 @@ class AuditStore(AuditReader):
                 f"cannot open the audit database {self.info.url}: {_why(exc)}"
             ) from exc
 
-    async def _up_to_date(self) -> bool:
+    async def _up_to_date(self, *, create: bool) -> bool:
         async with self.engine.connect() as conn:
             version = await conn.run_sync(current_version)
         if version is None:
+            if create:
+                return False
             raise AuditError(
                 f"{self.info.url} is not an mcpfw audit database (no schema_version table)"
             )
