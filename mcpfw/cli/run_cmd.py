@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -68,42 +70,49 @@ def server_name(command: tuple[str, ...]) -> str:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(**opts: Any) -> None:
     """Run an MCP server behind the firewall: mcpfw run [OPTIONS] -- COMMAND [ARGS]..."""
-    from mcpfw.proxy.runner import configure_logging
-
-    configure_logging(opts["log_level"])
-    options = resolve(opts)
-    # Start the upstream first: it usually takes longer to start than our rules take to compile.
-    from dataclasses import replace
-
-    from mcpfw.proxy.upstream import UpstreamStartError, spawn
-
+    # The upstream starts first (nothing but the standard library is loaded yet): it usually
+    # takes longer to start than we take to import, check the flags and compile the rules.
+    command = tuple(opts["command"])
+    command = command[1:] if command[:1] == ("--",) else command
     process = None
-    if options.command and not options.url:
+    start_error = ""
+    if command and not opts["upstream_url"]:
+        from mcpfw.proxy.spawn import UpstreamStartError, spawn
+
         try:
-            process = spawn(options.command, env=options.env, cwd=options.cwd)
+            process = spawn(command)
         except UpstreamStartError as exc:
-            options = replace(options, start_error=str(exc))
-    load_rules(options.rules, process)
+            start_error = str(exc)
+    try:
+        from mcpfw.proxy.runner import configure_logging
+
+        configure_logging(opts["log_level"])
+        options = resolve(opts)
+        load_rules(options.rules)
+    except BaseException:  # a usage error (SystemExit) or worse: the upstream must not linger
+        _stop_early(process)
+        raise
     import anyio
 
     from mcpfw.proxy.runner import run_stdio
 
-    sys.exit(anyio.run(run_stdio, replace(options, process=process)))
+    sys.exit(anyio.run(run_stdio, replace(options, process=process, start_error=start_error)))
 
 
-def load_rules(holder: Any, process: Any = None) -> None:
-    """Compile the rules; on errors stop the upstream (if started) and exit 2 listing them."""
+def _stop_early(process: Any) -> None:
+    if process is not None:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def load_rules(holder: Any) -> None:
+    """Compile the rules; on errors exit 2 listing every one as file:line:column."""
     from mcpfw.policy import RuleSetError
 
     try:
         holder.load()
     except RuleSetError as exc:
-        if process is not None:
-            import signal
-
-            with contextlib.suppress(OSError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
         _fail("rules have errors:\n" + "\n".join(f"  {e}" for e in exc.errors))
 
 

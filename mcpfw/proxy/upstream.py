@@ -29,6 +29,7 @@ from mcpfw.proxy.messages import (
     Message,
     is_modern_version,
 )
+from mcpfw.proxy.spawn import UpstreamStartError, spawn
 from mcpfw.proxy.stdio import STREAM_BUFFER, Channel, read_fd, write_fd
 
 __all__ = ["UpstreamStartError", "describe_exit", "http_upstream", "spawn", "stdio_upstream"]
@@ -37,10 +38,6 @@ log = logging.getLogger("mcpfw.upstream")
 
 CLOSE_GRACE_S = 2.0
 TERM_GRACE_S = 2.0
-
-
-class UpstreamStartError(Exception):
-    """The upstream could not be started or reached; the message says what to fix."""
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -54,30 +51,6 @@ def describe_exit(returncode: int | None) -> str:
             name = str(-returncode)
         return f"was killed by signal {name}"
     return f"exited with code {returncode}"
-
-
-def spawn(
-    command: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start the upstream now, before anything else (it usually starts slower than we do)."""
-    if not command:
-        raise UpstreamStartError("no upstream command given (put it after `--`)")
-    try:
-        return subprocess.Popen(
-            list(command),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,  # inherited: the upstream's stderr is mcpfw's stderr
-            env=dict(os.environ if env is None else env),
-            cwd=cwd,
-            start_new_session=True,  # its own process group, so shutdown reaches grandchildren
-        )
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise UpstreamStartError(f"could not be started: {command[0]}: {reason}") from exc
 
 
 async def _exited(process: subprocess.Popen[bytes], within_s: float) -> bool:
