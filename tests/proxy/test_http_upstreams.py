@@ -7,9 +7,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+from mcp.server.mcpserver import Context, MCPServer
 
 from mcpfw.audit import EventFilter, open_store
 from mcpfw.proxy.http_serve import bind_socket, uvicorn_server
@@ -22,11 +24,24 @@ pytestmark = pytest.mark.anyio
 WAIT = 30
 
 
+def sdk_upstream_app() -> Any:
+    """A real MCP SDK server over streamable HTTP that answers requests as SSE streams."""
+    server = MCPServer("sdk-upstream")
+
+    @server.tool()
+    async def shout(text: str, ctx: Context) -> str:
+        """Upper-case the text, reporting progress first."""
+        await ctx.report_progress(1, 2)
+        return text.upper()
+
+    return server.streamable_http_app()  # SSE answers (json_response off)
+
+
 @asynccontextmanager
-async def http_upstream() -> AsyncIterator[str]:
-    """The fixture upstream over streamable HTTP on a free loopback port."""
+async def http_upstream(app: Any = None) -> AsyncIterator[str]:
+    """An upstream over streamable HTTP on a free loopback port (default: the fixture)."""
     sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn_server(fixture.app())
+    server = uvicorn_server(app if app is not None else fixture.app())
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
         try:
@@ -56,6 +71,33 @@ async def test_an_http_upstream_gets_its_configured_credentials_and_never_the_ag
     assert all("authorization" not in h for h in fixture.SEEN_HEADERS)
     initializes = [m for m in fixture.SEEN_MESSAGES if m.get("method") == "initialize"]
     assert len(initializes) == 1  # one upstream session for every agent and era
+
+
+async def test_an_sdk_upstream_answering_with_sse_streams_works_through_the_firewall(
+    tmp_path: Path,
+) -> None:
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    rules = "default: allow\nrules: []\n"
+    with anyio.fail_after(WAIT):
+        async with http_upstream(sdk_upstream_app()) as url:
+            config = write_config(
+                tmp_path, upstreams={"sdk": json.dumps({"url": url})}, rules=rules
+            )
+            async with (
+                serving(config) as served,
+                sdk_client(served.mcp("sdk"), token("ci-bot"), mode="legacy") as client,
+            ):
+                tools = [t.name for t in (await client.list_tools()).tools]
+                result = await client.call_tool(
+                    "shout", {"text": "hello"}, progress_callback=on_progress
+                )
+    assert tools == ["shout"]
+    assert result.content[0].text == "HELLO"
+    assert progress == [1]
 
 
 @pytest.mark.postgres
