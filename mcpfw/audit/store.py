@@ -22,8 +22,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -312,7 +310,11 @@ class AuditStore(AuditReader):
         )
         found = (await conn.execute(locate)).first()
         if found is None:
-            dialect = pg_insert if self.info.is_postgres else sqlite_insert
+            # imported here: `mcpfw run` on SQLite never loads the PostgreSQL dialect
+            if self.info.is_postgres:
+                from sqlalchemy.dialects.postgresql import insert as dialect
+            else:
+                from sqlalchemy.dialects.sqlite import insert as dialect  # type: ignore[assignment]
             await conn.execute(
                 dialect(audit_chains)
                 .values(instance=self.instance, seq=0, hash=GENESIS, updated=now)
