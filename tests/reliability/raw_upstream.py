@@ -86,6 +86,10 @@ def handle(message: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    pidfile = os.environ.get("RAW_UPSTREAM_PIDFILE")
+    if pidfile:  # lets a crash test wait for this process after killing its parent
+        with open(pidfile, "w") as f:
+            f.write(str(os.getpid()))
     for line in sys.stdin.buffer:
         if line.strip():
             handle(json.loads(line))
