@@ -197,9 +197,9 @@ def test_odd_input_never_raises() -> None:
 
 
 def test_every_phrase_check_has_trigger_words() -> None:
-    from mcpfw.pins.scanner import _PHRASES, _TRIGGERS
+    from mcpfw.pins.phrases import PHRASES, TRIGGERS
 
-    assert {code for code, _ in _PHRASES} == set(_TRIGGERS)
+    assert {code for code, _ in PHRASES} == set(TRIGGERS)
 
 
 @pytest.mark.parametrize(
