@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["RunOptions", "dead_upstream", "run_stdio"]
 
 log = logging.getLogger("mcpfw.run")
+FIRST_ANSWER_WAIT_S = 1.0  # the audit store opens after the first answer, or after this
 T = TypeVar("T")
 
 
@@ -108,9 +109,14 @@ async def _keep_store(
     ready: Later[tuple[AuditStore | None, str]],
     stop: anyio.Event,
     closed: anyio.Event,
+    after: anyio.Event,
 ) -> None:
     """Open the audit store in the background and keep it open until `stop`."""
     try:
+        # The heaviest work of startup waits until the agent has its first answer (or a
+        # moment has passed), so it does not compete with the upstream's own start for CPU.
+        with anyio.move_on_after(FIRST_ANSWER_WAIT_S):
+            await after.wait()
         audit: Any = await anyio.to_thread.run_sync(importlib.import_module, "mcpfw.audit")
         redaction = audit.RedactionConfig(
             pointers=options.redact, detect_secrets=options.detect_secrets
@@ -147,7 +153,8 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
     recorder = _recorder() if options.record else None
     pins = _pin_checker(options)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_keep_store, options, store_ready, stop_store, store_closed)
+        first_answer = anyio.Event()
+        tg.start_soon(_keep_store, options, store_ready, stop_store, store_closed, first_answer)
         tg.start_soon(options.rules.watch, options.reload_interval_s)
 
         async def start_session() -> None:
@@ -197,6 +204,9 @@ async def run_stdio(options: RunOptions, *, front: Any = None) -> int:
                     call_timeout_s=options.call_timeout_s,
                     recorder=recorder,
                     pins=pins,
+                    observers=(
+                        lambda to, _message: first_answer.set() if to == "client" else None,
+                    ),
                 )
                 pins.refresh = relay.list_upstream_tools
                 await relay.run()
