@@ -104,10 +104,14 @@ def _row(kind: str, when: datetime, **columns: Any) -> dict[str, Any]:
         "outcome": None,
     }
     row.update(columns)
+    # One bad value must not fail a whole group commit: text columns are always clean text.
     for key in ("session_id", "agent_id", "server", "tool", "rule", "id", "decision_id"):
         value = row[key]
-        if isinstance(value, str) and not value.isascii():
-            row[key] = clean_text(value)
+        if value is None and key in ("rule", "decision_id"):
+            continue
+        if not isinstance(value, str):
+            value = "" if value is None else str(value)
+        row[key] = value if value.isascii() else clean_text(value)
     return row
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import event, text
 
 from mcpfw.audit import AuditError, AuditWriteError, EventFilter, RedactionConfig, open_store
 from mcpfw.audit.events import digest
-from mcpfw.model import Agent, Decision, Effect, Outcome, RuleError, utcnow
+from mcpfw.model import Agent, Decision, Effect, Outcome, RuleError, ToolCall, utcnow
 from tests.audit.conftest import AGENT, make_call, make_decision
 
 pytestmark = pytest.mark.anyio
@@ -516,3 +516,43 @@ async def test_a_value_of_the_wrong_type_written_by_hand_is_reported_not_a_crash
     broken = report.breaks[0].broken
     assert broken is not None
     assert (broken.kind, broken.event_id) == ("edited", decisions[1].id)
+
+
+async def test_odd_values_in_one_call_do_not_fail_the_rest_of_its_batch(audit_url: str) -> None:
+    odd = ToolCall(
+        agent=Agent(id="ci-bot"),
+        tool="read_file",
+        session_id=12345,  # type: ignore[arg-type]
+        arguments={"raw": b"\x00\xff", "set": {1, 2}, "nested": [float("nan")]},
+    )
+    with anyio.fail_after(30):
+        async with open_store(audit_url, instance="fw-a") as store:
+            results = await asyncio.gather(
+                store.record_decision(odd, make_decision()),
+                *(store.record_decision(make_call(), make_decision()) for _ in range(10)),
+                return_exceptions=True,
+            )
+            events = await store.list_events(EventFilter(session="12345"))
+            report = await store.verify()
+    assert results == [None] * 11
+    assert len(events) == 1 and events[0].data["arguments"]["raw"] == "b'\\x00\\xff'"
+    assert report.ok and report.events == 11
+
+
+async def test_replay_reads_every_call_in_order_across_pages_with_its_outcome(
+    audit_url: str,
+) -> None:
+    with anyio.fail_after(30):
+        async with open_store(audit_url, instance="fw-a") as store:
+            decisions = await _populate(store, 10)
+            for decision in decisions[::2]:
+                await store.record_outcome(decision.id, Outcome.FORWARDED, latency_ms=1.0)
+            calls = [c async for c in store.iter_calls(batch=3)]
+            events = [e async for e in store.iter_events(batch=4)]
+            only_agent = [c async for c in store.iter_calls(EventFilter(agent="nobody"))]
+    assert [c.decision.id for c in calls] == [d.id for d in decisions]
+    assert [c.call.arguments["i"] for c in calls] == list(range(10))
+    assert [c.outcome is not None for c in calls] == [i % 2 == 0 for i in range(10)]
+    assert len(events) == 15 and len({e.id for e in events}) == 15
+    assert [e.time for e in events] == sorted(e.time for e in events)
+    assert only_agent == []
