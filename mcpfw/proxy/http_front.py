@@ -518,54 +518,54 @@ async def _respond(
     *,
     modern: bool,
 ) -> None:
-    """Run `handler` and answer with JSON, or with SSE once related messages arrive first."""
-    result: list[Raw] = []
+    """Run `handler` and answer with JSON, or with SSE once related messages arrive first.
 
-    async def run() -> None:
+    The handler runs in this task; a second task watches for the client going away (and
+    cancels the call); a third, the SSE pump, starts only if a message for the client arrives
+    before the answer (progress, an elicitation), so a plain call costs one extra task.
+    """
+    pumped = anyio.Event()
+    pumping = False
+
+    async def pump() -> None:
+        assert exchange.events is not None
+        raw_headers = [*_SSE_HEADERS, *((k.encode(), v.encode()) for k, v in headers.items())]
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        while True:
+            with anyio.move_on_after(_PING_S):
+                try:
+                    message = await exchange.events.receive()
+                except anyio.EndOfStream:
+                    break
+                await send({"type": "http.response.body", "body": _sse(message), "more_body": True})
+                continue
+            await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+        pumped.set()
+
+    async with anyio.create_task_group() as tg:
+
+        def start_pump() -> None:
+            nonlocal pumping
+            pumping = True
+            tg.start_soon(pump)
+
+        exchange.on_first = start_pump
+        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
         try:
-            result.append(await handler())
+            result = await handler()
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:  # top-level boundary of one request: log it, answer an error
             log.exception("internal error while handling a request")
-            result.append(error_message(None, -32603, "internal error in mcpfw"))
+            result = error_message(None, -32603, "internal error in mcpfw")
         finally:
             exchange.finish()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-        tg.start_soon(run)
-        message = await _next_event(exchange, None)
-        if message is None:
-            if result:
-                await _send_json(send, _status(result[0], modern), result[0], headers)
-            tg.cancel_scope.cancel()
-            return
-        raw_headers = [*_SSE_HEADERS, *((k.encode(), v.encode()) for k, v in headers.items())]
-        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
-        while message is not None:
-            await send({"type": "http.response.body", "body": _sse(message), "more_body": True})
-            message = await _next_event(exchange, send)
-        final = _sse(result[0]) if result else b""
-        await send({"type": "http.response.body", "body": final, "more_body": False})
+        if pumping:
+            await pumped.wait()
+            await send({"type": "http.response.body", "body": _sse(result), "more_body": False})
+        else:
+            await _send_json(send, _status(result, modern), result, headers)
         tg.cancel_scope.cancel()
-
-
-async def _next_event(exchange: Exchange, send: Send | None) -> Raw | None:
-    """The next message for this POST's stream, pinging while idle; None once answered."""
-    if send is None:  # not streaming yet: wait for the first message or the answer
-        try:
-            return await exchange.events.receive()
-        except anyio.EndOfStream:
-            return None
-    while True:
-        with anyio.move_on_after(_PING_S):
-            try:
-                return await exchange.events.receive()
-            except anyio.EndOfStream:
-                return None
-        if send is not None:
-            await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
 
 
 def _status(message: Raw, modern: bool) -> int:

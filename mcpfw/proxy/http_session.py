@@ -16,6 +16,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -186,9 +187,10 @@ class Exchange:
     def __init__(self, session: AgentSession | None, *, streaming: bool = True) -> None:
         self.session = session
         self.streaming = streaming  # False: the client takes JSON only, nothing is streamed
-        send, recv = anyio.create_memory_object_stream[Raw](_QUEUE)
-        self._send: MemoryObjectSendStream[Raw] | None = send
-        self.events: MemoryObjectReceiveStream[Raw] = recv
+        self._send: MemoryObjectSendStream[Raw] | None = None
+        self.events: MemoryObjectReceiveStream[Raw] | None = None  # made on the first message
+        self._finished = False
+        self.on_first: Callable[[], None] | None = None  # the front starts its SSE pump here
 
     @property
     def route_key(self) -> object:
@@ -196,8 +198,12 @@ class Exchange:
 
     def send(self, message: Raw) -> bool:
         """Put a message on this POST's stream; False if the stream is no longer open."""
-        if self._send is None or not self.streaming:
+        if self._finished or not self.streaming:
             return False
+        if self._send is None:
+            self._send, self.events = anyio.create_memory_object_stream[Raw](_QUEUE)
+            if self.on_first is not None:
+                self.on_first()
         try:
             self._send.send_nowait(message)
             return True
@@ -206,9 +212,9 @@ class Exchange:
 
     def finish(self) -> None:
         """The response is about to be written: later traffic goes to the session stream."""
+        self._finished = True
         if self._send is not None:
             self._send.close()
-            self._send = None
 
     def notify(self, message: Raw) -> None:
         if not self.send(message) and self.session is not None:
