@@ -335,7 +335,10 @@ def _show_event(console: Console, event: AuditEvent) -> None:
     for key, value in event.data.items():
         if value in (None, "", [], {}):
             continue
-        rows.append((key, value if isinstance(value, str) else json.dumps(value, indent=1)))
+        if not isinstance(value, str):
+            compact = json.dumps(value, ensure_ascii=False)
+            value = compact if len(compact) <= 100 else json.dumps(value, indent=2)
+        rows.append((key, value))
     rows += [("hash", event.hash), ("prev hash", event.prev_hash)]
     for key, value in rows:
         if value not in ("", None):
