@@ -13,7 +13,6 @@ import contextlib
 import json
 import re
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from functools import wraps
@@ -43,6 +42,7 @@ __all__ = ["audit"]
 
 T = TypeVar("T")
 KINDS = ("session_start", "decision", "outcome", "session_end")
+TAIL_LOOKBACK = timedelta(seconds=5)
 _EFFECT_STYLE = {"allow": "green", "deny": "bold red", "ask": "yellow"}
 
 
@@ -372,7 +372,6 @@ def tail(
 
     async def body(store: AuditStore) -> None:
         printed = 0
-        seen: dict[str, float] = {}
         last = await store.list_events(flt, limit=max(lines, 1))
         for event in reversed(last[:lines] if lines else []):
             emit(event)
@@ -380,30 +379,31 @@ def tail(
             if max_events is not None and printed >= max_events:
                 return
         mark = last[0].time if last else utcnow()
-
-        async def window() -> list[AuditEvent]:
-            # events from other writers can land slightly out of time order: look back a bit
-            since = mark - timedelta(seconds=30)
-            fields = {n: getattr(flt, n) for n in EventFilter.__dataclass_fields__}
-            fields["since"] = max(since, flt.since) if flt.since else since
-            return await store.list_events(EventFilter(**fields), limit=10_000, newest_first=False)
-
-        for event in [*last, *await window()]:  # everything already there counts as seen
-            seen[event.id] = time.monotonic()
+        seen: dict[str, datetime] = {e.id: e.time for e in last}
+        fields = {n: getattr(flt, n) for n in EventFilter.__dataclass_fields__}
+        first = True
         while True:
-            await asyncio.sleep(interval)
-            for event in await window():
+            if not first:
+                await asyncio.sleep(interval)
+            # Another writer's event can commit a moment after a newer one: re-read a short
+            # window behind the newest event seen, and skip what was already printed.
+            since = mark - TAIL_LOOKBACK
+            fields["since"] = max(since, flt.since) if flt.since else since
+            async for event in store.iter_events(EventFilter(**fields)):
                 if event.id in seen:
                     continue
-                seen[event.id] = time.monotonic()
+                seen[event.id] = event.time
                 mark = max(mark, event.time)
+                if first:
+                    continue  # already there when tail started (and not asked for by -n)
                 emit(event)
                 printed += 1
                 if max_events is not None and printed >= max_events:
                     return
-            if len(seen) > 50_000:
-                cutoff = time.monotonic() - 120
-                seen = {k: v for k, v in seen.items() if v > cutoff}
+            first = False
+            if len(seen) > 10_000:
+                horizon = mark - TAIL_LOOKBACK
+                seen = {k: t for k, t in seen.items() if t >= horizon}
 
     with contextlib.suppress(KeyboardInterrupt):
         _with_store(body, audit_url)

@@ -198,17 +198,17 @@ def test_tail_follows_events_written_after_it_started(
     path, _ = db
     holder: dict[str, Result] = {}
     started = threading.Event()
-    original = AuditStore.list_events
-    calls = [0]
+    original = AuditStore.iter_events
 
-    async def list_events(self: AuditStore, *args: Any, **kw: Any) -> Any:
-        result = await original(self, *args, **kw)
-        calls[0] += 1
-        if calls[0] == 2:  # the initial page and the look-back window: now following
-            started.set()
-        return result
+    def iter_events(self: AuditStore, *args: Any, **kw: Any) -> Any:
+        async def events() -> Any:
+            async for event in original(self, *args, **kw):
+                yield event
+            started.set()  # tail has read what was there: it is following now
 
-    monkeypatch.setattr(AuditStore, "list_events", list_events)
+        return events()
+
+    monkeypatch.setattr(AuditStore, "iter_events", iter_events)
 
     def follow() -> None:
         holder["result"] = CliRunner().invoke(
