@@ -169,11 +169,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_server(app: Any, *, read_timeout_s: float = 30.0, log_level: str = "warning") -> Any:
-    """A uvicorn server for `app` (h11 or httptools, whichever is installed)."""
+    """A uvicorn server for `app` (h11; request headers due within `read_timeout_s`)."""
     import uvicorn
+
+    from mcpfw.proxy.http_deadline import header_deadline_protocol
 
     config = uvicorn.Config(
         app,
+        http=header_deadline_protocol(read_timeout_s),  # idle and slowloris connections close
         lifespan="on",
         log_level=log_level,
         access_log=False,

@@ -1,0 +1,62 @@
+"""A request-header deadline for uvicorn's h11 protocol (slowloris and idle connections).
+
+uvicorn arms its keep-alive timer only after a response, and disarms it on any byte received,
+so a connection that never sends a request, or sends its headers one byte at a time, is kept
+open forever; enough of them exhaust `limit_concurrency` (every new request gets 503) or the
+process's file descriptors. `header_deadline_protocol(t)` gives an h11 protocol class that
+closes a connection whose request line and headers are not complete within `t` seconds of the
+connection opening or of the previous response; a request body has its own limit
+(`read_json_body`'s 408).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["header_deadline_protocol"]
+
+
+class _HeaderDeadlineProtocol(H11Protocol):
+    header_timeout_s = 30.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the request line and headers are in
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this keep-alive connection has the same deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_deadline_protocol(timeout_s: float) -> Any:
+    """An h11 protocol class for `uvicorn.Config(http=...)` with a `timeout_s` header deadline."""
+    return type("HeaderDeadlineH11", (_HeaderDeadlineProtocol,), {"header_timeout_s": timeout_s})
