@@ -371,12 +371,23 @@ _LATEST_CHECKPOINTS = (
 
 
 def _verify_sqlite_file(path: str, batch: int) -> VerifyReport:
+    try:
+        return _verify_sqlite_once(path, batch, tolerant=False)
+    except sqlite3.OperationalError:
+        # text that is not UTF-8 (written by hand) stops a plain read: decode it loosely so
+        # those rows fail their hash and the break is reported instead
+        return _verify_sqlite_once(path, batch, tolerant=True)
+
+
+def _verify_sqlite_once(path: str, batch: int, *, tolerant: bool) -> VerifyReport:
     # One read transaction (a consistent snapshot) on a plain sqlite3 connection, in one thread
     # hop. Fast path: SQLite builds each row's canonical JSON array itself (`json_array`, the
     # same text our encoder makes), so Python only fetches five values and hashes. Any row that
     # does not match is re-checked from its columns with our own encoder, and a chain that
     # really breaks is re-verified row by row by `ChainVerifier`, which explains the break.
     conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    if tolerant:
+        conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
     try:
         conn.execute("BEGIN")
         heads = conn.execute("SELECT instance, seq, hash FROM audit_chains").fetchall()
@@ -449,7 +460,7 @@ def _fast_verify(
                 and row_seq <= limit
                 and prev == top
                 and (
-                    sha((prev + canon).encode()).hexdigest() == digest
+                    _sha_hex(sha, prev + canon) == digest
                     or _recheck(conn, row_instance, row_seq, prev, digest)
                 )
             ):
@@ -463,6 +474,13 @@ def _fast_verify(
         if other not in reports and other_start.head_seq is not None:
             reports[other] = _full_chain(conn, other, starts, batch)
     return reports
+
+
+def _sha_hex(sha: Any, text: str) -> str:
+    try:
+        return str(sha(text.encode()).hexdigest())
+    except UnicodeEncodeError:  # not UTF-8 in the database: cannot match any stored hash
+        return ""
 
 
 def _recheck(conn: sqlite3.Connection, instance: str, seq: int, prev: str, digest: str) -> bool:

@@ -556,3 +556,21 @@ async def test_replay_reads_every_call_in_order_across_pages_with_its_outcome(
     assert len(events) == 15 and len({e.id for e in events}) == 15
     assert [e.time for e in events] == sorted(e.time for e in events)
     assert only_agent == []
+
+
+async def test_bytes_that_are_not_utf8_written_by_hand_are_reported_as_an_edit(
+    tmp_path: Any,
+) -> None:
+    path = str(tmp_path / "audit.db")
+    with anyio.fail_after(30):
+        async with open_store(path, instance="fw-a") as store:
+            decisions = await _populate(store, 3)
+            async with store.engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE audit_events SET tool = CAST(x'c328' AS TEXT) WHERE id = :id"),
+                    {"id": decisions[2].id},
+                )
+            report = await store.verify()
+    broken = report.breaks[0].broken
+    assert broken is not None
+    assert (broken.kind, broken.event_id) == ("edited", decisions[2].id)
