@@ -10,8 +10,10 @@ same prefilter index, all in this one run. The policy is the 25 shipped rules in
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -185,7 +187,10 @@ def main() -> int:
             evaluate(ruleset, c)
     rows = []
     base = measure(hand_written, work, 250)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     native = measure(lambda c: evaluate(sets["cel-expr"], c), work, 250)
+    gc.collect()
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     fallback = measure(lambda c: evaluate(sets["cel-python"], c), work, 8)
     bm = statistics.median(base)
     for name, xs in (
@@ -206,6 +211,11 @@ def main() -> int:
     print("| path | calls | median µs | p99 µs | median vs hand-written |")
     print("|---|---:|---:|---:|---:|")
     print("\n".join(rows))
+    print(
+        f"\nmemory: peak RSS grew {grown_kb / 1024:.1f} MB over {len(native)} cel-expr evaluations "
+        f"(~{grown_kb * 1024 / len(native):.0f} bytes per call; cel-expr-python 0.1.3 leaks the "
+        "arguments and result of every custom-function call)"
+    )
     target = statistics.median(native) <= 100.0
     print(f"\ntarget median <= 100 µs on cel-expr: {'met' if target else 'NOT met'}")
     return 0
