@@ -16,10 +16,11 @@ from mcpfw.audit.events import (
     EventFilter,
     RecordedCall,
 )
-from mcpfw.audit.queries import AuditReader, AuditStats, ChainPrune, PruneResult, StatRow
+from mcpfw.audit.queries import AuditReader, AuditStats, StatRow
 from mcpfw.audit.redaction import RedactionConfig, Redactor
 from mcpfw.audit.store import AuditStore, default_instance, open_store
 from mcpfw.audit.urls import default_audit_url, normalize_audit_url
+from mcpfw.audit.verify import ChainPrune, PruneResult
 
 __all__ = [
     "EXPORT_FORMAT",
