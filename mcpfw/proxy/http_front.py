@@ -342,6 +342,8 @@ class _McpRoute:
             )
             return
         kind = classify(body) if isinstance(body, dict) else "invalid"
+        if kind == "request" and not _valid_id(body.get("id")):
+            kind = "invalid"  # MCP request ids are strings or integers, never null
         if kind == "invalid":
             await _send_json(send, 400, error_message(None, -32600, "not a JSON-RPC message"))
             return
@@ -488,6 +490,10 @@ class _McpRoute:
             return
         if self.server:  # anything else goes to the one upstream of a per-server endpoint
             await self.fw.upstreams[self.server].notify(str(method), params or None)
+
+
+def _valid_id(request_id: Any) -> bool:
+    return isinstance(request_id, str | int) and not isinstance(request_id, bool)
 
 
 def _id_key(request_id: Any) -> object:

@@ -282,6 +282,7 @@ async def test_requests_from_other_origins_hosts_or_too_big_are_refused(tmp_path
                 deep = [deep]
             nested = await rpc.post({**ping, "params": {"x": deep}})
             batch = await rpc.post([ping, ping])
+            null_id = await rpc.post({**ping, "id": None})
             garbage = await http.post(served.mcp("fs"), content=b"{nope", headers=rpc.headers)
             health = await http.get(f"{served.url}/healthz")
             ready = await http.get(f"{served.url}/readyz")
@@ -290,6 +291,7 @@ async def test_requests_from_other_origins_hosts_or_too_big_are_refused(tmp_path
     assert big.status_code == 413
     assert nested.status_code == 400 and nested.json()["error"]["code"] == -32600
     assert batch.status_code == 400
+    assert null_id.status_code == 400 and null_id.json()["error"]["code"] == -32600
     assert garbage.status_code == 400 and garbage.json()["error"]["code"] == -32700
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
