@@ -31,11 +31,11 @@ from mcpfw.audit import (
     AuditStats,
     AuditStore,
     EventFilter,
-    StatRow,
     VerifyReport,
     default_audit_url,
     open_store,
 )
+from mcpfw.cli import audit_view as view
 from mcpfw.model import utcnow
 
 __all__ = ["audit"]
@@ -43,7 +43,6 @@ __all__ = ["audit"]
 T = TypeVar("T")
 KINDS = ("session_start", "decision", "outcome", "session_end")
 TAIL_LOOKBACK = timedelta(seconds=5)
-_EFFECT_STYLE = {"allow": "green", "deny": "bold red", "ask": "yellow"}
 
 
 class AuditCliError(click.ClickException):
@@ -172,47 +171,6 @@ def _with_kinds(flt: EventFilter, kinds: tuple[str, ...]) -> EventFilter:
     return EventFilter(**fields)
 
 
-def _time(event: AuditEvent) -> str:
-    return event.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def _verdict(event: AuditEvent) -> Text:
-    if event.kind == "decision" and event.effect:
-        label = event.effect + ("" if event.enforced else " (monitor)")
-        text = Text(label, style=_EFFECT_STYLE.get(event.effect, ""))
-        if event.shadow_effect:
-            text.append(f" shadow:{event.shadow_effect}", style="dim")
-        return text
-    if event.kind == "outcome":
-        return Text(event.outcome or "", style="cyan")
-    return Text(event.kind.replace("_", " "), style="dim")
-
-
-def _tool(event: AuditEvent) -> str:
-    return f"{event.server}/{event.tool}" if event.server and event.tool else event.tool
-
-
-def _event_line(event: AuditEvent) -> Text:
-    line = Text(f"{_time(event)}  {event.id}  ")
-    line.append_text(_verdict(event))
-    parts = [event.agent_id, _tool(event)]
-    if event.rule:
-        parts.append(f"rule={event.rule}")
-    if event.kind == "outcome" and event.decision_id:
-        parts.append(f"decision={event.decision_id}")
-    if event.session_id:
-        parts.append(f"session={event.session_id}")
-    line.append("  " + "  ".join(p for p in parts if p))
-    return line
-
-
-def _json_event(event: AuditEvent, outcome: AuditEvent | None = None) -> dict[str, Any]:
-    out = event.to_json()
-    if event.kind == "decision":
-        out["outcome_event"] = None if outcome is None else outcome.to_json()
-    return out
-
-
 @click.group()
 def audit() -> None:
     """Review the audit log: what agents called, what was decided, and whether it is intact."""
@@ -248,11 +206,11 @@ def list_(
 
     events, outcomes = _with_store(body, audit_url)
     if fmt == "json":
-        click.echo(json.dumps([_json_event(e, outcomes.get(e.id)) for e in events], indent=2))
+        click.echo(json.dumps([view.json_event(e, outcomes.get(e.id)) for e in events], indent=2))
         return
     if fmt == "jsonl":
         for e in events:
-            click.echo(json.dumps(_json_event(e, outcomes.get(e.id))))
+            click.echo(json.dumps(view.json_event(e, outcomes.get(e.id))))
         return
     console = _console()
     if not events:
@@ -264,11 +222,11 @@ def list_(
     for e in events:
         result = outcomes.get(e.id)
         table.add_row(
-            _time(e),
+            view.event_time(e),
             e.id,
             e.agent_id,
-            _tool(e),
-            _verdict(e),
+            view.tool(e),
+            view.verdict(e),
             e.rule or "",
             (result.outcome or "") if result else ("" if e.kind != "decision" else "-"),
             e.session_id,
@@ -308,42 +266,12 @@ def show(audit_url: str | None, event_id: str, fmt: str) -> None:
         )
         return
     console = _console()
-    _show_event(console, event)
+    view.show_event(console, event)
     if related is not None:
         console.print()
-        _show_event(console, related)
+        view.show_event(console, related)
     elif event.kind == "decision":
         console.print("\n[dim]no outcome recorded (yet)[/dim]")
-
-
-def _show_event(console: Console, event: AuditEvent) -> None:
-    table = Table(box=None, show_header=False, pad_edge=False, title_justify="left")
-    table.title = f"{event.kind.replace('_', ' ')} {event.id}"
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    rows: list[tuple[str, Any]] = [
-        ("time (UTC)", _time(event)),
-        ("chain", f"{event.instance} #{event.seq}"),
-        ("session", event.session_id),
-        ("agent", event.agent_id),
-        ("tool", _tool(event)),
-    ]
-    if event.kind == "decision":
-        rows += [("decision", _verdict(event)), ("rule", event.rule or "")]
-    if event.kind == "outcome":
-        rows += [("outcome", event.outcome or ""), ("decision id", event.decision_id or "")]
-    for key, value in event.data.items():
-        if value in (None, "", [], {}):
-            continue
-        if not isinstance(value, str):
-            compact = json.dumps(value, ensure_ascii=False)
-            value = compact if len(compact) <= 100 else json.dumps(value, indent=2)
-        rows.append((key, value))
-    rows += [("hash", event.hash), ("prev hash", event.prev_hash)]
-    for key, value in rows:
-        if value not in ("", None):
-            table.add_row(key, value)
-    console.print(table)
 
 
 @audit.command()
@@ -368,7 +296,7 @@ def tail(
         if fmt == "jsonl":
             click.echo(json.dumps(event.to_json()))
         else:
-            console.print(_event_line(event))
+            console.print(view.event_line(event))
 
     async def body(store: AuditStore) -> None:
         printed = 0
@@ -422,10 +350,10 @@ def stats(audit_url: str | None, flt: EventFilter, top: int, fmt: str) -> None:
 
     result = _with_store(body, audit_url)
     if fmt == "json":
-        click.echo(json.dumps(_stats_json(result, flt), indent=2))
+        click.echo(json.dumps(view.stats_json(result, flt), indent=2))
         return
     console = _console()
-    window = f"{_fmt_time(flt.since) or 'the beginning'} to {_fmt_time(flt.until) or 'now'}"
+    window = f"{view.fmt_time(flt.since) or 'the beginning'} to {view.fmt_time(flt.until) or 'now'}"
     console.print(
         f"[bold]{result.decisions}[/bold] decisions from {window}: "
         f"[green]{result.allows} allowed[/green], [red]{result.denies} denied[/red], "
@@ -442,57 +370,7 @@ def stats(audit_url: str | None, flt: EventFilter, top: int, fmt: str) -> None:
         ("rules that deny most", result.by_rule),
     ):
         if rows:
-            console.print(_stat_table(title, rows))
-
-
-def _events(n: int) -> str:
-    return f"{n} event" if n == 1 else f"{n} events"
-
-
-def _fmt_time(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _stat_table(title: str, rows: tuple[StatRow, ...]) -> Table:
-    table = Table(title=title, title_justify="left", box=None, header_style="bold")
-    for column in ("", "calls", "allow", "deny", "ask", "shadow deny"):
-        table.add_column(column, justify="left" if not column else "right")
-    for r in rows:
-        table.add_row(
-            r.key or "-", str(r.calls), str(r.allows), str(r.denies), str(r.asks),
-            str(r.shadow_denies),
-        )  # fmt: skip
-    return table
-
-
-def _stats_json(result: AuditStats, flt: EventFilter) -> dict[str, Any]:
-    def rows(items: tuple[StatRow, ...]) -> list[dict[str, Any]]:
-        return [
-            {
-                "key": r.key,
-                "calls": r.calls,
-                "allows": r.allows,
-                "denies": r.denies,
-                "asks": r.asks,
-                "shadow_denies": r.shadow_denies,
-            }
-            for r in items
-        ]
-
-    return {
-        "since": _fmt_time(flt.since) or None,
-        "until": _fmt_time(flt.until) or None,
-        "decisions": result.decisions,
-        "allows": result.allows,
-        "denies": result.denies,
-        "asks": result.asks,
-        "shadow_denies": result.shadow_denies,
-        "unenforced": result.unenforced,
-        "outcomes": result.outcomes,
-        "by_agent": rows(result.by_agent),
-        "by_tool": rows(result.by_tool),
-        "by_rule": rows(result.by_rule),
-    }
+            console.print(view.stat_table(title, rows))
 
 
 @audit.command()
@@ -547,7 +425,7 @@ def verify(audit_url: str | None, fmt: str) -> None:
 
     report = _with_store(body, audit_url)
     if fmt == "json":
-        click.echo(json.dumps(_verify_json(report), indent=2))
+        click.echo(json.dumps(view.verify_json(report), indent=2))
     else:
         console = _console()
         table = Table(box=None, header_style="bold", pad_edge=False)
@@ -584,32 +462,6 @@ def verify(audit_url: str | None, fmt: str) -> None:
         sys.exit(1)
 
 
-def _verify_json(report: VerifyReport) -> dict[str, Any]:
-    return {
-        "ok": report.ok,
-        "events": report.events,
-        "chains": [
-            {
-                "instance": c.instance,
-                "events": c.events,
-                "checkpoint_seq": c.checkpoint_seq,
-                "first_seq": c.first_seq,
-                "last_seq": c.last_seq,
-                "head_hash": c.head_hash,
-                "broken": None
-                if c.broken is None
-                else {
-                    "kind": c.broken.kind,
-                    "seq": c.broken.seq,
-                    "event_id": c.broken.event_id,
-                    "message": c.broken.message,
-                },
-            }
-            for c in report.chains
-        ],
-    }
-
-
 @audit.command()
 @audit_option
 @click.option("--before", required=True, help="Delete events older than this: 2026-01-01, 90d.")
@@ -628,7 +480,7 @@ def prune(audit_url: str | None, before: str, dry_run: bool, force: bool, fmt: s
         click.echo(
             json.dumps(
                 {
-                    "before": _fmt_time(cutoff),
+                    "before": view.fmt_time(cutoff),
                     "dry_run": dry_run,
                     "pruned": result.pruned,
                     "chains": [
@@ -647,9 +499,9 @@ def prune(audit_url: str | None, before: str, dry_run: bool, force: bool, fmt: s
         return
     console = _console()
     verb = "would prune" if dry_run else "pruned"
-    console.print(f"{verb} {_events(result.pruned)} older than {_fmt_time(cutoff)}")
+    console.print(f"{verb} {view.n_events(result.pruned)} older than {view.fmt_time(cutoff)}")
     for c in result.chains:
         console.print(
-            f"  {c.instance}: {_events(c.pruned)}, checkpoint at seq {c.checkpoint_seq} "
+            f"  {c.instance}: {view.n_events(c.pruned)}, checkpoint at seq {c.checkpoint_seq} "
             f"({c.checkpoint_hash[:16]}…)"
         )
