@@ -15,9 +15,9 @@ from mcpfw.audit import AuditEvent, AuditStats, EventFilter, StatRow, VerifyRepo
 __all__ = [
     "event_line",
     "event_time",
-    "n_events",
     "fmt_time",
     "json_event",
+    "n_events",
     "show_event",
     "stat_table",
     "stats_json",
