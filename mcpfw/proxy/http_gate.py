@@ -96,6 +96,9 @@ class HttpGate:
                     detail={"transport": "http", "protocol": ctx.session.protocol_version},
                 )
                 self._by_session[key] = found
+            # Rules see the roles and claims of the token on *this* request: a session opened
+            # with more privileges must not keep them once the agent's token no longer has them.
+            found.agent = ctx.agent
             return found
         skey = (_identity(ctx.agent), server)
         found = self._stateless.get(skey)

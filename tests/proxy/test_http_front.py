@@ -434,3 +434,18 @@ async def test_a_body_that_does_not_arrive_in_time_is_refused(tmp_path: Path) ->
                 await stream.send(head.encode())
                 answer = await stream.receive()
     assert answer.startswith(b"HTTP/1.1 408")
+
+
+async def test_a_session_follows_the_roles_of_the_token_on_each_request(tmp_path: Path) -> None:
+    with anyio.fail_after(WAIT):
+        async with serving(write_config(tmp_path)) as served, httpx.AsyncClient() as http:
+            admin = Rpc(http, served.mcp("fs"), token("boss", ("admin",)))
+            await admin.initialize()
+            call = {"name": "echo", "arguments": {}}
+            before = await admin.request("tools/call", call)
+            demoted = Rpc(http, served.mcp("fs"), token("boss"))  # same agent, role revoked
+            demoted.headers["mcp-session-id"] = admin.headers["mcp-session-id"]
+            after = await demoted.request("tools/call", call)
+    assert before["result"].get("isError") is not True
+    assert after["result"]["isError"] is True
+    assert "rule 'default'" in after["result"]["content"][0]["text"]
