@@ -210,7 +210,7 @@ class Guard:
         self.store_error = store_error  # why there is no store, when there is none
         self.settings = settings or GuardSettings()
         self.fail_open_count = 0  # calls forwarded although the audit store failed
-        self._used_states: set[str] = set()
+        self._used_states: dict[str, float] = {}  # spent approval nonces -> their expiry
 
     async def open_session(
         self,
@@ -527,7 +527,12 @@ class GuardSession:
             return clean, {"answer": "accept", "granted": True, "decision": payload.get("d")}
         if nonce in self.guard._used_states:
             return clean, {"error": "it was already used"}
-        self.guard._used_states.add(nonce)
+        used = self.guard._used_states
+        if len(used) > 1024:  # forget spent nonces whose states have expired anyway
+            now = time.time()
+            for spent in [n for n, expiry in used.items() if expiry < now]:
+                del used[spent]
+        used[nonce] = float(payload.get("e", 0))
         answer = "cancel"
         reply = responses.get(APPROVAL_KEY) if isinstance(responses, dict) else None
         if isinstance(reply, dict) and reply.get("action") in ("accept", "decline", "cancel"):
