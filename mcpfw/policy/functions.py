@@ -360,6 +360,28 @@ def is_force_ref(ref: str) -> bool:
     return ref.strip().startswith("+")
 
 
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0", ""})
+
+
+def as_bool(value: Any) -> bool:
+    """A flag as clients send it: true/false, "true"/"yes"/"on"/"1" (any case, trimmed),
+    "false"/"no"/"off"/"0"/"", numbers (non-zero is true), null (false); else an error."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise ValueError(f"not a flag: {_show(str(value))}")
+
+
 def as_list(value: Any) -> list[Any]:
     """`value` if it is a list, else a one-element list (for args sent as one or many)."""
     return value if isinstance(value, list) else [value]
@@ -451,6 +473,7 @@ FUNCTIONS: tuple[Signature, ...] = (
     ),
     Signature("isForceRef", ("string",), "bool", is_force_ref, "isForceRef('+main') == true"),
     Signature("asList", ("dyn",), "list", as_list, "asList('a') == ['a']"),
+    Signature("asBool", ("dyn",), "bool", as_bool, "asBool(' Yes ') == true"),
     Signature(
         "hasShellMeta", ("string",), "bool", has_shell_meta, "hasShellMeta('ls; rm') == true"
     ),

@@ -36,6 +36,7 @@ TRUE_EXPRESSIONS = [
     'shellSplit(args.cmd) == ["git", "log", "a b"]',
     'refBranch("+HEAD:refs/heads/Main") == "main" && isForceRef("+main")',
     'asList("a") == ["a"] && asList(args.l) == ["x", "y"] && asList(args.n).size() == 1',
+    'asBool(" Yes ") && !asBool("off") && asBool(args.n) && !asBool(false) && !asBool(null)',
     '" Ab ".trim().lowerAscii() == "ab" && "ab".upperAscii() == "AB"',
     '"a-b".replace("-", "+") == "a+b" && "a,b".split(",") == ["a", "b"]',
     '["a", "b"].join(",") == "a,b"',

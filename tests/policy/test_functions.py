@@ -245,6 +245,14 @@ def test_slow_parsers_refuse_oversized_input_and_errors_quote_briefly() -> None:
     assert len(str(info.value)) < 120
 
 
+def test_as_bool_reads_flags_and_rejects_anything_else() -> None:
+    assert [f.as_bool(v) for v in (True, " YES ", "on", "1", 2, 0.5)] == [True] * 6
+    assert [f.as_bool(v) for v in (False, "no", "OFF", "0", "", 0, None)] == [False] * 7
+    for bad in ("maybe", [True], {"a": 1}):
+        with pytest.raises(ValueError):
+            f.as_bool(bad)
+
+
 def test_git_and_list_helpers() -> None:
     assert f.ref_branch(" +HEAD:refs/heads/Main ") == "main"
     assert f.ref_branch("feature:release/1") == "release/1"
