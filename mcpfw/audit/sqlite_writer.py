@@ -17,12 +17,23 @@ from typing import Any
 from mcpfw.audit.chain import GENESIS, event_hash
 from mcpfw.audit.schema import HASHED_COLUMNS
 
-__all__ = ["ChainConflict", "SqliteWriter"]
+__all__ = ["ChainConflict", "HeadMissing", "SqliteWriter"]
 
 _COLUMNS = (*HASHED_COLUMNS, "prev_hash", "hash")
 _INSERT = (
     f"INSERT INTO audit_events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
+
+
+class HeadMissing(Exception):
+    """The chain has events but no head record: someone deleted it. Writing on would hide
+    whatever else was deleted with it, so the writer stops (every call is denied)."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__(
+            f"audit chain {instance!r} has events but its head record is gone (tampering?); "
+            "writes stop until an operator checks `mcpfw audit verify`"
+        )
 
 
 class ChainConflict(Exception):
@@ -86,6 +97,13 @@ class SqliteWriter:
                     "SELECT seq, hash FROM audit_chains WHERE instance = ?", (instance,)
                 ).fetchone()
                 known = found is not None
+                if (
+                    not known
+                    and conn.execute(
+                        "SELECT 1 FROM audit_events WHERE instance = ? LIMIT 1", (instance,)
+                    ).fetchone()
+                ):
+                    raise HeadMissing(instance)
                 head = (int(found[0]), str(found[1])) if found else (0, GENESIS)
             seq, prev = head
             chained = []

@@ -39,7 +39,7 @@ from mcpfw.audit.migrations import current_version, latest_version, migrate_sync
 from mcpfw.audit.queries import AuditReader
 from mcpfw.audit.redaction import RedactionConfig, Redactor
 from mcpfw.audit.schema import HASHED_COLUMNS, audit_chains, audit_events
-from mcpfw.audit.sqlite_writer import ChainConflict, SqliteWriter
+from mcpfw.audit.sqlite_writer import ChainConflict, HeadMissing, SqliteWriter
 from mcpfw.audit.urls import default_audit_url
 from mcpfw.model import Agent, Decision, Outcome, ToolCall, utcnow
 
@@ -310,6 +310,9 @@ class AuditStore(AuditReader):
         )
         found = (await conn.execute(locate)).first()
         if found is None:
+            exists = select(audit_events.c.seq).where(audit_events.c.instance == self.instance)
+            if (await conn.execute(exists.limit(1))).first() is not None:
+                raise HeadMissing(self.instance)
             # imported here: `mcpfw run` on SQLite never loads the PostgreSQL dialect
             if self.info.is_postgres:
                 from sqlalchemy.dialects.postgresql import insert as dialect

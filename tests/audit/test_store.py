@@ -574,3 +574,16 @@ async def test_bytes_that_are_not_utf8_written_by_hand_are_reported_as_an_edit(
     broken = report.breaks[0].broken
     assert broken is not None
     assert (broken.kind, broken.event_id) == ("edited", decisions[2].id)
+
+
+async def test_a_deleted_chain_head_stops_writes_with_a_clear_error(audit_url: str) -> None:
+    with anyio.fail_after(30):
+        async with open_store(audit_url, instance="fw-a") as store:
+            await _populate(store, 2)
+            async with store.engine.begin() as conn:
+                await conn.execute(text("DELETE FROM audit_chains"))
+        async with open_store(audit_url, instance="fw-a") as store:  # a restarted firewall
+            with pytest.raises(AuditWriteError, match="head record is gone"):
+                await store.record_decision(make_call(), make_decision())
+            report = await store.verify()
+    assert not report.ok and report.events == 2
