@@ -253,6 +253,11 @@ def verify_rows(
     return verifier.finish()
 
 
+def _as_int(value: Any) -> int:
+    """A seq as stored; -1 for a value that is not an integer (written by hand)."""
+    return value if type(value) is int else -1
+
+
 def _self_ok(row: Sequence[Any]) -> bool:
     try:
         return bool(event_hash(row[I_PREV], row[:N_HASHED]) == row[I_HASH])
@@ -313,7 +318,7 @@ def _classify(chain: _Chain) -> ChainBreak:
     assert chain.rest is not None
     r, later = chain.rest[0], chain.rest[1:]
     exp_seq, exp_prev = chain.seq + 1, chain.top
-    seq, rid = int(r[I_SEQ]), str(r[I_ID])
+    seq, rid = _as_int(r[I_SEQ]), str(r[I_ID])
     self_ok = _self_ok(r)
     later_hashes = {row[I_HASH] for row in later}
     head = chain.start.head_seq
@@ -331,7 +336,7 @@ def _classify(chain: _Chain) -> ChainBreak:
         ins = chain.row
         return ChainBreak(
             kind="inserted",
-            seq=int(ins[I_SEQ]),
+            seq=_as_int(ins[I_SEQ]),
             event_id=str(ins[I_ID]),
             message=f"event {ins[I_ID]} (seq {ins[I_SEQ]}) was inserted: the next event "
             "links past it",
@@ -370,7 +375,7 @@ def _classify(chain: _Chain) -> ChainBreak:
         prev = chain.row
         return ChainBreak(
             kind="edited",
-            seq=int(prev[I_SEQ]),
+            seq=_as_int(prev[I_SEQ]),
             event_id=str(prev[I_ID]),
             message=f"event {prev[I_ID]} (seq {prev[I_SEQ]}) was edited and re-hashed: "
             f"{where} recorded a different hash for it",

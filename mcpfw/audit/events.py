@@ -250,6 +250,27 @@ def session_end_row(
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _read_time(value: Any) -> datetime:
+    # a row edited by hand must still list (verify reports it); it sorts as the epoch
+    try:
+        return parse_time(value)
+    except (TypeError, ValueError):
+        return _EPOCH
+
+
+def _read_data(value: Any) -> Mapping[str, Any]:
+    try:
+        data = json.loads(value)
+    except (TypeError, ValueError):
+        data = None
+    if isinstance(data, dict):
+        return data
+    return {"[mcpfw]": f"unreadable data: {str(value)[:200]!r}"}
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AuditEvent:
     """One stored event, as read back."""
@@ -280,9 +301,9 @@ class AuditEvent:
         return cls(
             id=row["id"],
             instance=row["instance"],
-            seq=int(row["seq"]),
+            seq=row["seq"] if type(row["seq"]) is int else -1,
             kind=row["kind"],
-            time=parse_time(row["time"]),
+            time=_read_time(row["time"]),
             session_id=row["session_id"],
             agent_id=row["agent_id"],
             server=row["server"],
@@ -293,7 +314,7 @@ class AuditEvent:
             shadow_effect=row["shadow_effect"],
             decision_id=row["decision_id"],
             outcome=row["outcome"],
-            data=json.loads(row["data"]),
+            data=_read_data(row["data"]),
             prev_hash=row["prev_hash"],
             hash=row["hash"],
         )

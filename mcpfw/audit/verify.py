@@ -208,15 +208,19 @@ def _fast_verify(
                 limit = start.head_seq if start.head_seq is not None else 1 << 62
             if not good:
                 continue
-            if (
-                row_seq == seq + 1
-                and row_seq <= limit
-                and prev == top
-                and (
-                    _sha_hex(sha, prev + canon) == digest
-                    or _recheck(conn, row_instance, row_seq, prev, digest)
+            try:
+                good = (
+                    row_seq == seq + 1
+                    and row_seq <= limit
+                    and prev == top
+                    and (
+                        _sha_hex(sha, prev + canon) == digest
+                        or _recheck(conn, row_instance, row_seq, prev, digest)
+                    )
                 )
-            ):
+            except (TypeError, ValueError):  # a value of the wrong type, written by hand
+                good = False
+            if good:
                 seq, top, n = row_seq, digest, n + 1
                 if first is None:
                     first = row_seq
@@ -249,11 +253,16 @@ def _recheck(conn: sqlite3.Connection, instance: str, seq: int, prev: str, diges
         return False
 
 
+def _int(value: Any) -> int:
+    # -1 for a seq that is not an integer (written by hand): that chain then fails to verify
+    return value if type(value) is int else -1
+
+
 def _make_starts(
     heads: Iterable[Sequence[Any]], checkpoints: Iterable[Sequence[Any]]
 ) -> dict[str, ChainStart]:
-    head_map = {str(r[0]): (int(r[1]), str(r[2])) for r in heads}
-    cp_map = {str(r[0]): (int(r[1]), str(r[2])) for r in checkpoints}
+    head_map = {str(r[0]): (_int(r[1]), str(r[2])) for r in heads}
+    cp_map = {str(r[0]): (_int(r[1]), str(r[2])) for r in checkpoints}
     starts: dict[str, ChainStart] = {}
     for instance in set(head_map) | set(cp_map):
         cp = cp_map.get(instance)

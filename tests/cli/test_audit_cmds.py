@@ -282,3 +282,21 @@ def test_every_audit_command_is_documented() -> None:
     assert set(names) == {"list", "show", "tail", "stats", "export", "verify", "prune"}
     for name in names:
         assert f"mcpfw audit {name}" in docs, name
+
+
+def test_rows_mangled_by_hand_are_listed_and_reported_never_a_traceback(
+    db: tuple[str, list[str]],
+) -> None:
+    path, ids = db
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE audit_events SET time = 'yesterday', data = '[1', seq = 'x' WHERE id = ?",
+            (ids[1],),
+        )
+        conn.execute("UPDATE audit_chains SET seq = 'many'")
+    listed = run("list", "--audit", path, "--kind", "all")
+    shown = run("show", ids[1], "--audit", path)
+    verify = run("verify", "--audit", path)
+    assert listed.exit_code == 0 and ids[1] in listed.output
+    assert shown.exit_code == 0 and "unreadable data" in shown.output
+    assert verify.exit_code == 1 and "BROKEN" in verify.output
