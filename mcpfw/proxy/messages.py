@@ -82,7 +82,13 @@ def decode(line: bytes | str) -> Message | InvalidMessage:
 
 def encode(message: Message) -> bytes:
     """The wire form of a message: compact JSON, UTF-8, one line."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (the peer sent a `\ud800` escape) has no UTF-8 form: keep it escaped,
+        # which is lossless, instead of letting the writer die.
+        return json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
 def classify(message: Message) -> Kind:
