@@ -285,13 +285,23 @@ def test_mcpfw_run_survives_raw_garbage_on_stdin(tmp_path: Path) -> None:
         b'"' + b"a" * 2_000_000 + b'"\n',
         b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo"}}\n',
     ]
-    call_line = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                 "params": {"name": "echo", "arguments": {"text": "alive"}}}  # fmt: skip
-    stdin = b"".join(garbage) + json.dumps(call_line).encode() + b"\n"
+    surrogate = (
+        b'{"jsonrpc":"2.0","id":"s","method":"tools/call",'
+        b'"params":{"name":"echo","arguments":{"text":"\\ud800"}}}\n'
+    )  # a lone surrogate escape
+    call_line = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "alive"}},
+    }
+    stdin = b"".join(garbage) + surrogate + json.dumps(call_line).encode() + b"\n"
     done = subprocess.run(argv, input=stdin, capture_output=True, timeout=30)
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     codes = [a["error"]["code"] for a in answers if "error" in a]
     assert codes == [-32700, -32700, -32700, -32600, -32700, -32600], answers
+    # relayed both ways, kept escaped on the wire (it has no UTF-8 form), never a crash
+    assert answers[-2]["id"] == "s" and answers[-2]["result"]["content"][0]["text"] == "\ud800"
     assert answers[-1]["id"] == 1 and answers[-1]["result"]["content"][0]["text"] == "alive"
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert b"Traceback" not in done.stderr
