@@ -50,7 +50,11 @@ _SSE_HEADERS = [
 
 
 def _dumps(message: Any) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a `\ud800` escape: keep it escaped
+        return json.dumps(message, separators=(",", ":")).encode()
 
 
 def _sse(message: Raw) -> bytes:
