@@ -80,6 +80,15 @@ async def test_hostile_bodies_get_their_status_and_error_code_and_serving_goes_o
             aggregate = await _session(http, served.mcp())
             unknown = await aggregate.request("prompts/list")
             assert unknown["error"]["code"] == -32601
+            # a lone surrogate escape echoed back in the error text: escaped, not a 500
+            odd = b'{"jsonrpc":"2.0","id":9,"method":"x\\ud800"}'
+            echoed = await http.post(
+                served.mcp(),
+                content=odd,
+                headers={**aggregate.headers, "content-type": "application/json"},
+            )
+            assert echoed.status_code == 200 and echoed.json()["error"]["code"] == -32601
+            assert "\ud800" in echoed.json()["error"]["message"]
             # arguments past the policy's bounds: denied by rule 'limits', never forwarded
             huge = await rpc.request(
                 "tools/call", {"name": "echo", "arguments": {"s": "a" * 300_000}}
