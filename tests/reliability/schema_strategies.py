@@ -25,18 +25,18 @@ if not SCHEMAS.is_dir():  # a clone outside this machine keeps a copy beside the
 VERSIONS = ("2025-06-18", "2025-11-25", "2026-07-28")
 MAX_DEPTH = 5
 
+# Any code point, lone surrogates included: JSON can carry them as `\ud800` escapes.
+TEXT = st.text(st.characters(exclude_categories=()), max_size=20)
 JSON_SCALARS = (
     st.none()
     | st.booleans()
     | st.integers(-(2**53), 2**53)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
+    | TEXT
 )
 JSON = st.recursive(
     JSON_SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
     max_leaves=8,
 )
 
@@ -73,7 +73,7 @@ def from_schema(version: str, schema: dict[str, Any], depth: int = 0) -> st.Sear
     if isinstance(kind, list):
         return st.one_of([from_schema(version, {**schema, "type": k}, depth) for k in kind])
     if kind == "string":
-        return st.text(max_size=20)
+        return TEXT
     if kind == "integer":
         return st.integers(schema.get("minimum", -(2**53)), schema.get("maximum", 2**53))
     if kind == "number":
@@ -112,14 +112,12 @@ def _object(version: str, schema: dict[str, Any], depth: int) -> st.SearchStrate
     extra = schema.get("additionalProperties")
     base = st.fixed_dictionaries(fixed, optional=optional)
     if isinstance(extra, dict) and not props:
-        return st.dictionaries(
-            st.text(max_size=10), from_schema(version, extra, depth + 1), max_size=3
-        )
+        return st.dictionaries(TEXT, from_schema(version, extra, depth + 1), max_size=3)
     return base
 
 
 def request_ids() -> st.SearchStrategy[Any]:
-    return st.integers(-(2**31), 2**31) | st.text(min_size=1, max_size=10)
+    return st.integers(-(2**31), 2**31) | TEXT
 
 
 def client_messages(version: str) -> st.SearchStrategy[dict[str, Any]]:

@@ -141,7 +141,10 @@ async def _post_all(url: str, messages: list[dict[str, Any]], modern: bool) -> N
                 headers = {"mcp-protocol-version": MODERN}
                 if isinstance(message.get("method"), str):
                     headers["mcp-method"] = message["method"]
-            response = await rpc.post(message, **headers)
+            # ASCII escapes on the wire: lone surrogates have no UTF-8 form
+            body = json.dumps(message).encode()
+            headers = {**rpc.headers, "content-type": "application/json", **headers}
+            response = await http.post(url, content=body, headers=headers)
             _check_answer(message, response)
         if not modern:
             await _legit_call_works(rpc)
