@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio
-from starlette.requests import Request
 
 __all__ = [
     "BadRequest",
@@ -106,8 +105,17 @@ class OriginPolicy:
         return True
 
 
+class BodySource(Protocol):
+    """A request whose body can be streamed (Starlette's Request, or the route's own)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def stream(self) -> AsyncIterator[bytes]: ...
+
+
 async def read_json_body(
-    request: Request, *, max_bytes: int, max_depth: int, timeout_s: float
+    request: BodySource, *, max_bytes: int, max_depth: int, timeout_s: float
 ) -> Any:
     """The decoded JSON body, or BadRequest (413 too large, 408 too slow, 400 unparsable)."""
     declared = request.headers.get("content-length")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -73,6 +73,30 @@ async def send_json(
     await send({"type": "http.response.body", "body": data})
 
 
+class _Request:
+    """What the route needs of a request, without Starlette's per-request parsing costs."""
+
+    __slots__ = ("header_list", "headers", "method", "receive")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.method: str = scope["method"]
+        self.receive = receive
+        self.header_list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        self.headers = dict(self.header_list)  # names are lower-case in ASGI
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The request body's chunks."""
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest(400, -32600, "the client went away")
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
 class McpRoute:
     """The ASGI handler of one MCP path (`/mcp` or `/mcp/<server>`)."""
 
@@ -82,7 +106,7 @@ class McpRoute:
         self.server = server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+        request = _Request(scope, receive)
         try:
             self.fw.origin.check(request.headers.get("host"), request.headers.get("origin"))
         except BadRequest as exc:
@@ -91,7 +115,7 @@ class McpRoute:
         try:
             agent = await self.fw.authenticator.authenticate(request.headers.get("authorization"))
         except AuthError as exc:
-            header = www_authenticate(self.fw.metadata_url(request), exc)
+            header = www_authenticate(self.fw.metadata_url(Request(scope, receive)), exc)
             body = {"error": exc.error or "unauthorized", "error_description": exc.description}
             await send_json(send, 401, body, {"www-authenticate": header})
             return
@@ -104,7 +128,7 @@ class McpRoute:
 
     # --- session lookup ------------------------------------------------------------------------
 
-    async def _session(self, request: Request, agent: Agent, send: Send) -> AgentSession | None:
+    async def _session(self, request: _Request, agent: Agent, send: Send) -> AgentSession | None:
         """The request's session, or None after answering 400/404/403."""
         sid = request.headers.get(SESSION_HEADER)
         if not sid:
@@ -124,13 +148,13 @@ class McpRoute:
             return None
         return session
 
-    async def _delete(self, request: Request, agent: Agent, send: Send) -> None:
+    async def _delete(self, request: _Request, agent: Agent, send: Send) -> None:
         session = await self._session(request, agent, send)
         if session is not None:
             await self.fw._close_session(session, "closed by the client")
             await send_json(send, 200, None)
 
-    async def _get(self, request: Request, agent: Agent, send: Send, receive: Receive) -> None:
+    async def _get(self, request: _Request, agent: Agent, send: Send, receive: Receive) -> None:
         session = await self._session(request, agent, send)
         if session is None:
             return
@@ -161,7 +185,7 @@ class McpRoute:
     # --- POST ----------------------------------------------------------------------------------
 
     async def _post(
-        self, request: Request, agent: Agent, scope: Scope, receive: Receive, send: Send
+        self, request: _Request, agent: Agent, scope: Scope, receive: Receive, send: Send
     ) -> None:
         content_type = request.headers.get("content-type", "application/json")
         if not content_type.lower().startswith("application/json"):
@@ -200,7 +224,7 @@ class McpRoute:
 
     async def _post_modern(
         self,
-        request: Request,
+        request: _Request,
         agent: Agent,
         body: Raw,
         kind: str,
@@ -216,11 +240,11 @@ class McpRoute:
                 send, 400, error_message(None, -32600, "2026-07-28 clients cannot post responses")
             )
             return
-        duplicated = find_duplicated_routing_header(request.headers.items())
+        duplicated = find_duplicated_routing_header(request.header_list)
         verdict = (
             InboundLadderRejection(-32020, f"{duplicated} header appears more than once")
             if duplicated
-            else classify_inbound_request(body, headers=dict(request.headers))
+            else classify_inbound_request(body, headers=request.headers)
         )
         if isinstance(verdict, InboundLadderRejection):
             error = error_message(body.get("id"), verdict.code, verdict.message, verdict.data)
@@ -236,7 +260,7 @@ class McpRoute:
 
     async def _post_handshake(
         self,
-        request: Request,
+        request: _Request,
         agent: Agent,
         body: Raw,
         kind: str,
@@ -344,7 +368,7 @@ def _id_key(request_id: Any) -> object:
     return (type(request_id).__name__, request_id) if isinstance(request_id, str | int) else None
 
 
-def _is_modern(request: Request, body: Raw) -> bool:
+def _is_modern(request: _Request, body: Raw) -> bool:
     version = request.headers.get("mcp-protocol-version")
     if version is not None:
         return version not in HANDSHAKE_PROTOCOL_VERSIONS
