@@ -245,19 +245,38 @@ class Redactor:
             return value
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
+            detect = self._detect
+            leaves_fast = not nodes and depth + 1 <= MAX_DEPTH
             for raw_key, item in value.items():
-                key = clean_text(str(raw_key))
-                sub = path + "/" + _escape(key)
+                if type(raw_key) is str and raw_key.isascii():
+                    key = raw_key
+                else:
+                    key = clean_text(str(raw_key))
                 if (
-                    self._detect
+                    detect
                     and item is not None
-                    and not isinstance(item, bool)
+                    and item is not True
+                    and item is not False
                     and item != ""
                     and is_secret_key(key)
                 ):
-                    masked.append((sub, "secret-key"))
+                    masked.append((path + "/" + _escape(key), "secret-key"))
                     out[key] = marker("secret-key")
                     continue
+                kind = type(item)
+                if leaves_fast and kind is str:  # the common leaf, without a recursive call
+                    text = clean_text(item)
+                    if detect:
+                        text, kinds = redact_text(text)
+                        if kinds:
+                            sub = path + "/" + _escape(key)
+                            masked.extend((sub, k) for k in kinds)
+                    out[key] = text
+                    continue
+                if leaves_fast and (item is None or kind is int or kind is float or kind is bool):
+                    out[key] = item
+                    continue
+                sub = path + "/" + _escape(key)
                 out[key] = self._walk(item, sub, _step(nodes, key), masked, depth + 1)
             return out
         if isinstance(value, list | tuple):
