@@ -191,5 +191,8 @@ def uvicorn_server(app: Any, *, read_timeout_s: float = 30.0, log_level: str = "
 async def run_uvicorn(app: Any, sock: socket.socket, *, read_timeout_s: float = 30.0,
                       log_level: str = "warning") -> None:  # fmt: skip
     """Serve `app` on an already bound socket until cancelled or signalled."""
+    from mcpfw.proxy.http_limits import raise_open_files_limit
+
+    raise_open_files_limit()  # each connected agent holds a socket
     server = uvicorn_server(app, read_timeout_s=read_timeout_s, log_level=log_level)
     await server.serve(sockets=[sock])
