@@ -1,6 +1,7 @@
 """Idle and slow HTTP clients against a real `mcpfw serve` process. For docs/reliability.md.
 
     .venv/bin/python bench/slow_clients.py [--idle 1000] [--slowloris 200] [--slow-bodies 100]
+                                           [--server-nofile 1024]
 
 Starts `mcpfw serve` (read_timeout_s 2) in front of the HTTP test fixture upstream, measures a
 real agent's tools/call latency alone, then again while `--idle` connections that never send a
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -39,6 +41,19 @@ def _status(pid: int, field: str) -> int:
         if row.startswith(field + ":"):
             return int(row.split()[1])
     return 0
+
+
+def _nofile(limit: int) -> Any:
+    """A preexec_fn giving the server a soft open-files limit (like a default `ulimit -n`)."""
+
+    def apply() -> None:
+        if limit:
+            import resource
+
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+    return apply if limit else None
 
 
 def _fds(pid: int) -> int:
@@ -93,7 +108,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> int:
     server = subprocess.Popen(
         [sys.executable, "-c", "from mcpfw.cli import main; main()", "serve", "--config",
          str(config), "--port", "0", "--log-level", "error"],
-        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=_nofile(args.server_nofile),
     )  # fmt: skip
     try:
         assert server.stderr is not None
@@ -138,7 +153,8 @@ async def main_async(args: argparse.Namespace, work: Path) -> int:
         server.terminate()
         server.wait(10)
     print(f"Slow and idle clients: {args.idle} idle, {args.slowloris} slowloris, "
-          f"{args.slow_bodies} slow bodies; read_timeout_s {READ_TIMEOUT:g}\n")  # fmt: skip
+          f"{args.slow_bodies} slow bodies; read_timeout_s {READ_TIMEOUT:g}; server started "
+          f"with soft fd limit {args.server_nofile or 'inherited'}\n")  # fmt: skip
     print("| a real agent's tools/call | median | p99 |\n|---|---|---|")
     print(_row("alone", alone))
     print(_row(f"with {total} idle/slow connections open", during))
@@ -159,6 +175,9 @@ def main() -> int:
     parser.add_argument("--slowloris", type=int, default=200)
     parser.add_argument("--slow-bodies", type=int, default=100)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument(
+        "--server-nofile", type=int, default=0, help="soft fd limit for the server (0: inherit)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         return anyio.run(main_async, args, Path(work))

@@ -14,7 +14,7 @@ from anyio.abc import SocketStream
 from ..proxy.http_harness import Rpc, token, write_config
 from .http_support import serving
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 IDLE, SLOW_HEADERS, SLOW_BODIES = 120, 60, 20
 READ_TIMEOUT = 1.0
@@ -40,6 +40,7 @@ async def _dribble(stream: SocketStream, data: bytes) -> None:
         await anyio.sleep(0.1)
 
 
+@pytest.mark.anyio
 async def test_idle_and_slow_connections_are_dropped_and_real_calls_still_work(
     tmp_path: Path,
 ) -> None:
@@ -90,3 +91,21 @@ async def test_idle_and_slow_connections_are_dropped_and_real_calls_still_work(
     finally:
         tracemalloc.stop()
     assert peak - start < 40 << 20, f"{(peak - start) >> 20} MiB for 200 idle/slow connections"
+
+
+def test_mcpfw_serve_raises_a_low_open_files_limit_to_the_hard_limit() -> None:
+    import resource
+
+    from mcpfw.proxy.http_limits import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256
+    if hard != resource.RLIM_INFINITY and hard <= low:
+        pytest.fail(f"the hard open-files limit ({hard}) is too low to test this")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # a stingy `ulimit -n`
+    try:
+        raised = raise_open_files_limit()
+        assert raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert raised > low and (hard == resource.RLIM_INFINITY or raised == hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
