@@ -41,6 +41,8 @@ def postgres_url() -> str:
 def node_modules() -> Path:
     """The pinned npm MCP servers installed by `make node` (skips without Node, fails in CI)."""
     path = ROOT / "node_modules" / "@modelcontextprotocol"
-    _need("Node.js with the pinned npm servers (run `make node`)",
-          shutil.which("node") is not None and path.is_dir())
+    _need(
+        "Node.js with the pinned npm servers (run `make node`)",
+        shutil.which("node") is not None and path.is_dir(),
+    )
     return path
