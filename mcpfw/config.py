@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mcpfw.yamlpos import Located, Position, YamlSyntaxError, did_you_mean, load_located
+from mcpfw.policy.yamlsrc import did_you_mean
+from mcpfw.yamlpos import Located, Position, YamlSyntaxError, load_located
 
 __all__ = [
     "AgentConfig",

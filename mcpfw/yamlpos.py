@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["Located", "Position", "YamlSyntaxError", "did_you_mean", "load_located"]
+__all__ = ["Located", "Position", "YamlSyntaxError", "load_located"]
 
 PathKey = tuple[str | int, ...]
 
@@ -97,9 +95,3 @@ def load_located(text: str, file: str | Path) -> Located:
 
     data = None if root is None else build(root, ())
     return Located(data=data, values=values, keys=keys, file=name)
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean "x"?)' when a close choice exists, else ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
