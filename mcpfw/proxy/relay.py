@@ -161,7 +161,17 @@ class Relay:
         for observe in self.observers:
             observe("upstream", message)
         try:
-            await self.upstream.write.send(message)
+            # An upstream that stops reading its input would otherwise block this call (and,
+            # for requests relayed by the client pump, every later message) forever.
+            with anyio.fail_after(self.call_timeout_s):
+                await self.upstream.write.send(message)
+        except TimeoutError:
+            if not self.dead:
+                self.dead = (
+                    f"stopped reading its input (nothing taken for {self.call_timeout_s:g} s)"
+                )
+                log.error("upstream '%s' %s: treating it as gone", self.upstream.name, self.dead)
+            return False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
         return True
