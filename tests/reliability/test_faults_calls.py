@@ -214,3 +214,25 @@ async def test_the_config_per_upstream_timeout_applies_to_a_real_hanging_upstrea
     async with open_store(str(tmp_path / "audit.db"), create=False) as store:
         assert [c[3] for c in await audited_calls(store)] == ["timeout", "forwarded"]
         assert (await store.verify()).ok
+
+
+async def test_an_upstream_that_stops_reading_its_input_does_not_hang_the_relay(
+    tmp_path: Path,
+) -> None:
+    async with sqlite_relay(tmp_path, call_timeout_s=0.3) as (h, store):
+        # the upstream is stuck: it never takes another message (the harness buffers 16)
+        for rid in range(30):
+            await h.send(call(rid, "echo", {"text": "x" * 1000}))
+        answers = {}
+        with anyio.fail_after(10):
+            while len(answers) < 30:
+                message = await h.client_gets()
+                answers[message["id"]] = message["error"]
+        assert {e["code"] for e in answers.values()} <= {TIMEOUT, UPSTREAM_GONE}
+        assert any("stopped reading its input" in e["message"] for e in answers.values())
+        await h.send({"jsonrpc": "2.0", "id": "p", "method": "ping"})
+        pong = await h.client_gets()  # answered at once, not stuck behind the full pipe
+        assert pong["error"]["code"] == UPSTREAM_GONE
+        await outcomes_settled(store, 30)
+    outcomes = [c[3] for c in await audited_calls(store)]
+    assert len(outcomes) == 30 and set(outcomes) <= {"timeout", "upstream_error"}
