@@ -240,8 +240,10 @@ class SharedUpstream:
         if params is not None:
             message["params"] = params
         try:
-            await write.send(message)
+            # The write is inside the deadline too: an upstream that stops reading its input
+            # must not hold the call (and its agent) forever.
             with anyio.move_on_after(self.timeout_s if self.timeout_s > 0 else math.inf):
+                await write.send(message)
                 await pending.done.wait()
             if pending.response is None:
                 await self._cancel_upstream(upstream_id, "timed out in mcpfw")
@@ -270,8 +272,11 @@ class SharedUpstream:
         message: Raw = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = params
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await write.send(message)
+        with (
+            suppress(anyio.ClosedResourceError, anyio.BrokenResourceError),
+            anyio.move_on_after(self.timeout_s if self.timeout_s > 0 else math.inf),
+        ):
+            await write.send(message)  # bounded: cancellations are sent from shielded scopes
 
     async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
         if self._pending.pop(upstream_id, None) is not None:
