@@ -4,7 +4,8 @@
 
 Every `tools/call` it receives has its id appended to RECEIVED_FILE (one per line, fsync'd)
 before it is answered, so a test can compare what the upstream really got with the audit log.
-Tools: echo(text), sleep(seconds) (answers later, on a thread), crash(code) (exits mid-call).
+Tools: echo(text), sleep(seconds) (answers later, on a thread), crash(code) (exits mid-call),
+freeze() (answers, then never reads its stdin again: a hung server whose pipe fills up).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ RECEIVED = sys.argv[1] if len(sys.argv) > 1 else ""
 _lock = threading.Lock()
 TOOLS = [
     {"name": n, "description": n, "inputSchema": {"type": "object"}}
-    for n in ("echo", "sleep", "crash", "read_file")
+    for n in ("echo", "sleep", "crash", "read_file", "freeze")
 ]
 
 
@@ -75,6 +76,9 @@ def handle(message: dict[str, Any]) -> None:
         name, args = params.get("name"), params.get("arguments") or {}
         if name == "crash":
             os._exit(int(args.get("code", 3)))
+        if name == "freeze":
+            text(rid, "frozen")
+            time.sleep(3600)
         if name == "sleep":
             threading.Thread(target=later, args=(rid, float(args["seconds"])), daemon=True).start()
         else:

@@ -105,3 +105,31 @@ async def test_an_agent_that_disconnects_mid_call_leaves_a_cancelled_outcome(
                 rpc = Rpc(http, served.mcp("fs"), bearer)
                 await rpc.initialize()
                 await _echo_works(rpc)
+
+
+async def test_an_upstream_that_stops_reading_its_input_times_calls_out_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    from .memory_front import raw_upstream_argv
+
+    command, *args = raw_upstream_argv()
+    spec = json.dumps({"command": command, "args": args, "timeout_s": 0.5})
+    config = write_config(tmp_path, upstreams={"raw": spec})
+    big = {"name": "echo", "arguments": {"text": "x" * 200_000}}
+    with anyio.fail_after(30):
+        async with serving(config) as served, httpx.AsyncClient(timeout=25) as http:
+            rpc = Rpc(http, served.mcp("raw"), token("boss", ("admin",)))
+            await rpc.initialize()
+            frozen = await rpc.request("tools/call", {"name": "freeze", "arguments": {}})
+            assert frozen["result"]["content"][0]["text"] == "frozen"
+            answers: list[dict[str, Any]] = []
+
+            async def call() -> None:
+                answers.append(await rpc.request("tools/call", big))
+
+            async with anyio.create_task_group() as tg:  # enough to fill every buffer
+                for _ in range(80):
+                    tg.start_soon(call)
+            assert len(answers) == 80
+            assert {a["error"]["code"] for a in answers} == {-32001}
+            assert (await http.get(f"{served.url}/healthz")).status_code == 200
