@@ -111,7 +111,9 @@ class _Planner:
 
     def arg(self, node: Any, bound: dict[str, tuple[Arg, str] | None]) -> Arg:
         text = self.render(node, self.visit(node, bound))
-        return Arg(text, const=True) if not _names_any(node) else self.arg_of(text)
+        if PREFIX not in text and not _names_any(node):
+            return Arg(text, const=True)
+        return self.arg_of(text)
 
     def visit(self, node: Any, bound: dict[str, tuple[Arg, str] | None]) -> _Repl:
         if not hasattr(node, "data"):
@@ -142,7 +144,7 @@ class _Planner:
             inner[n] = None  # bound, range unknown: calls using it stay callbacks
         made: Hoist | None = None
         var: str | None = None
-        if len(names) == 1 and not _names_any(recv):  # a constant range stays in place
+        if len(names) == 1 and not out and not _names_any(recv):  # a constant range stays
             inner[names[0]] = (Arg(self.render(recv, out), const=True), self.source(recv))
         elif len(names) == 1 and not _refs(recv, bound) and self.count < MAX_HOISTS:
             # The range is hoisted too, when a call in the body is, so it is evaluated once.
