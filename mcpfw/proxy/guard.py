@@ -576,6 +576,16 @@ class GuardSession:
             timeout = self.guard.settings.audit_timeout_s
             self._audit_failed(f"the decision was not committed within {timeout:g} s")
             return False
+        except anyio.get_cancelled_exc_class():
+            # mcpfw is stopping: the queued decision still commits, so close it with an outcome
+            with anyio.move_on_after(2, shield=True):
+                try:
+                    await store.record_outcome(
+                        decision.id, Outcome.CANCELLED, detail="mcpfw stopped during the decision"
+                    )
+                except Exception as exc:  # shutting down: log and carry on
+                    log.error("audit: cannot record outcome of decision %s: %s", decision.id, exc)
+            raise
         except Exception as exc:  # any store failure is a write failure: fail closed below
             self._audit_failed(str(exc) or type(exc).__name__)
             return False

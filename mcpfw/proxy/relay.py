@@ -443,18 +443,29 @@ class Relay:
             return
         if verdict.forward is None:
             assert verdict.response is not None
-            await self._to_client(verdict.response, decision=verdict.decision)
-            await session.finish(verdict)
+            with anyio.move_on_after(5, shield=True):  # answered and recorded even when stopping
+                await self._to_client(verdict.response, decision=verdict.decision)
+                await session.finish(verdict)
             return
         pending = _Pending("tools/call", verdict=verdict)
         self._pending[rid] = pending
-        if not await self._to_upstream(verdict.forward):
+        try:
+            sent = await self._to_upstream(verdict.forward)
+            if sent:
+                with anyio.move_on_after(self.call_timeout_s):
+                    await pending.done.wait()
+        except anyio.get_cancelled_exc_class():  # mcpfw is stopping (SIGTERM) mid-call
+            self._pending.pop(rid, None)
+            with anyio.move_on_after(2, shield=True):
+                await session.finish(
+                    verdict, outcome=Outcome.CANCELLED, detail="mcpfw stopped during the call"
+                )
+            raise
+        if not sent:
             self._pending.pop(rid, None)
             await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
             await session.finish(verdict, outcome=Outcome.UPSTREAM_ERROR, detail=self.dead)
             return
-        with anyio.move_on_after(self.call_timeout_s):
-            await pending.done.wait()
         if not pending.done.is_set():
             self._pending.pop(rid, None)
             text = f"mcpfw: the upstream did not answer within {self.call_timeout_s:g} s"
