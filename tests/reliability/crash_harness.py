@@ -61,6 +61,9 @@ class CrashReport:
     verify_ok: bool = False
     verify_output: str = ""
     seconds: float = 0.0
+    exit_codes: list[int] = field(default_factory=list)
+    outcome_ids: set[str] = field(default_factory=set)  # decision ids that have an outcome
+    session_ends: int = 0
 
     @property
     def lost(self) -> list[str]:
@@ -88,7 +91,14 @@ def _pid_gone(pid: int) -> bool:
 
 
 async def _round(
-    work: Path, index: int, rng: random.Random, report: CrashReport, in_flight: int, load_s: float
+    work: Path,
+    index: int,
+    rng: random.Random,
+    report: CrashReport,
+    in_flight: int,
+    load_s: float,
+    sig: signal.Signals,
+    startup_share: float,
 ) -> None:
     pidfile = work / f"upstream-{index}.pid"
     argv = [
@@ -104,7 +114,7 @@ async def _round(
     )  # fmt: skip
     assert process.stdin is not None and process.stdout is not None
     stdin, stdout = process.stdin, process.stdout
-    during_startup = rng.random() < 0.2
+    during_startup = rng.random() < startup_share
     kill_after = rng.uniform(0.0, 1.0) if during_startup else None
     slots = anyio.Semaphore(in_flight)
     ready = anyio.Event()
@@ -160,8 +170,8 @@ async def _round(
         else:
             await serving.wait()
             await anyio.sleep(rng.uniform(0.0, load_s))
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
+        process.send_signal(sig)
+        report.exit_codes.append(await process.wait())
         tg_scope.cancel()
 
     with anyio.fail_after(30):
@@ -189,6 +199,10 @@ async def _collect(work: Path, report: CrashReport) -> None:
     async with open_store(str(work / "audit.db"), create=False) as store:
         async for event in store.iter_events(EventFilter()):
             report.events += 1
+            if event.kind == "outcome" and event.decision_id:
+                report.outcome_ids.add(event.decision_id)
+            if event.kind == "session_end":
+                report.session_ends += 1
             if event.kind == "decision":
                 report.decision_ids.add(event.id)
                 rid = event.data.get("request_id")
@@ -209,14 +223,21 @@ def _verify(work: Path, report: CrashReport) -> None:
 
 
 async def crash_rounds(
-    work: Path, *, rounds: int, seed: int = 8, in_flight: int = 8, load_s: float = 0.4
+    work: Path,
+    *,
+    rounds: int,
+    seed: int = 8,
+    in_flight: int = 8,
+    load_s: float = 0.4,
+    sig: signal.Signals = signal.SIGKILL,
+    startup_share: float = 0.2,
 ) -> CrashReport:
-    """Run `rounds` kill rounds in `work` and check the audit log afterwards."""
+    """Run `rounds` kill rounds in `work` (signal `sig`) and check the audit log afterwards."""
     (work / "rules.yaml").write_text(RULES)
     rng = random.Random(seed)
     report = CrashReport()
     for index in range(rounds):
-        await _round(work, index, rng, report, in_flight, load_s)
+        await _round(work, index, rng, report, in_flight, load_s, sig, startup_share)
     received = work / "received.txt"
     if received.exists():
         report.received = [json.loads(line) for line in received.read_text().splitlines()]

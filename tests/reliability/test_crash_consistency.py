@@ -20,3 +20,18 @@ async def test_killing_the_firewall_under_load_never_loses_a_decision(tmp_path: 
     assert report.lost_denials == []
     assert report.verify_ok, report.verify_output
     assert report.chains >= 20 - report.killed_during_startup - 2
+
+
+async def test_sigterm_under_load_stops_cleanly_with_every_decision_recorded(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    # under load only: a signal before Python installs its handlers is not a graceful stop
+    report = await crash_rounds(tmp_path, rounds=4, seed=3, sig=signal.SIGTERM, startup_share=0)
+    assert report.rounds == 4 and report.exit_codes == [0, 0, 0, 0]
+    assert report.lost == [] and report.lost_denials == []
+    assert report.verify_ok, report.verify_output
+    # a graceful stop also closes every decided call with an outcome, and every session
+    assert report.decision_ids and report.decision_ids <= report.outcome_ids
+    assert report.session_ends == 4
