@@ -2,6 +2,7 @@
 audit log. For docs/reliability.md.
 
     .venv/bin/python bench/crash_consistency.py [--rounds 60] [--seed 8] [--in-flight 8]
+                                                [--audit postgresql+asyncpg://...?schema=x]
 
 Each round starts a fresh `mcpfw run` (its own audit chain) in front of a stdlib-only upstream
 that fsyncs every tools/call id it receives, drives it with `--in-flight` concurrent calls
@@ -34,6 +35,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--load-s", type=float, default=0.4, help="max load time before a kill")
+    parser.add_argument(
+        "--audit",
+        default=None,
+        help="audit URL (default: a fresh SQLite file); e.g. "
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/test?schema=crash",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mcpfw-crash-") as work:
@@ -45,6 +52,7 @@ def main() -> int:
                 seed=args.seed,
                 in_flight=args.in_flight,
                 load_s=args.load_s,
+                audit=args.audit,
             )
 
         report = anyio.run(run)
@@ -65,7 +73,8 @@ def main() -> int:
         ("`mcpfw audit verify`", "OK" if r.verify_ok else "FAILED"),
         ("wall time", f"{elapsed:.1f} s"),
     ]
-    print(f"Crash consistency: seed {args.seed}, {args.in_flight} calls in flight\n")
+    store = "PostgreSQL" if args.audit and "postgres" in args.audit else "SQLite"
+    print(f"Crash consistency: seed {args.seed}, {args.in_flight} calls in flight, {store}\n")
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

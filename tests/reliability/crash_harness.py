@@ -99,11 +99,12 @@ async def _round(
     load_s: float,
     sig: signal.Signals,
     startup_share: float,
+    audit: str,
 ) -> None:
     pidfile = work / f"upstream-{index}.pid"
     argv = [
         *MCPFW, "run", "--rules", str(work / "rules.yaml"), "--agent", "crash-test",
-        "--audit", str(work / "audit.db"), "--log-level", "error",
+        "--audit", audit, "--log-level", "error",
         "--", *raw_upstream_argv(work / "received.txt"),
     ]  # fmt: skip
     env = {**os.environ, "RAW_UPSTREAM_PIDFILE": str(pidfile)}
@@ -193,10 +194,10 @@ async def _guarded(fn: Any) -> None:
         await fn()
 
 
-async def _collect(work: Path, report: CrashReport) -> None:
+async def _collect(audit: str, report: CrashReport) -> None:
     from mcpfw.audit import EventFilter, open_store
 
-    async with open_store(str(work / "audit.db"), create=False) as store:
+    async with open_store(audit, create=False) as store:
         async for event in store.iter_events(EventFilter()):
             report.events += 1
             if event.kind == "outcome" and event.decision_id:
@@ -211,9 +212,9 @@ async def _collect(work: Path, report: CrashReport) -> None:
         report.chains = len(await store.chain_heads())
 
 
-def _verify(work: Path, report: CrashReport) -> None:
+def _verify(audit: str, report: CrashReport) -> None:
     done = subprocess.run(
-        [*MCPFW, "audit", "verify", "--audit", str(work / "audit.db")],
+        [*MCPFW, "audit", "verify", "--audit", audit],
         capture_output=True,
         text=True,
         timeout=60,
@@ -231,17 +232,20 @@ async def crash_rounds(
     load_s: float = 0.4,
     sig: signal.Signals = signal.SIGKILL,
     startup_share: float = 0.2,
+    audit: str | None = None,
 ) -> CrashReport:
-    """Run `rounds` kill rounds in `work` (signal `sig`) and check the audit log afterwards."""
+    """Run `rounds` kill rounds in `work` (signal `sig`) and check the audit log afterwards
+    (a SQLite file in `work`, or the `audit` URL)."""
+    audit = audit or str(work / "audit.db")
     (work / "rules.yaml").write_text(RULES)
     rng = random.Random(seed)
     report = CrashReport()
     for index in range(rounds):
-        await _round(work, index, rng, report, in_flight, load_s, sig, startup_share)
+        await _round(work, index, rng, report, in_flight, load_s, sig, startup_share, audit)
     received = work / "received.txt"
     if received.exists():
         report.received = [json.loads(line) for line in received.read_text().splitlines()]
-    if (work / "audit.db").exists():
-        await _collect(work, report)
-        _verify(work, report)
+    if "://" in audit or Path(audit).exists():
+        await _collect(audit, report)
+        _verify(audit, report)
     return report

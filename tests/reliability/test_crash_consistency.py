@@ -35,3 +35,24 @@ async def test_sigterm_under_load_stops_cleanly_with_every_decision_recorded(
     # a graceful stop also closes every decided call with an outcome, and every session
     assert report.decision_ids and report.decision_ids <= report.outcome_ids
     assert report.session_ends == 4
+
+
+@pytest.mark.postgres
+async def test_killing_the_firewall_never_loses_a_decision_on_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    schema = f"crash_{tmp_path.name.lower().replace('-', '_')}"[:60]
+    url = f"{postgres_url}?schema={schema}"
+    try:
+        report = await crash_rounds(tmp_path, rounds=6, seed=5, audit=url)
+        assert len(report.received) > 6, "the load never reached the upstream"
+        assert report.lost == [] and report.lost_denials == []
+        assert report.verify_ok, report.verify_output
+    finally:
+        engine = create_async_engine(postgres_url)
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await engine.dispose()
