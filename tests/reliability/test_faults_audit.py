@@ -156,3 +156,32 @@ async def test_an_audit_database_that_cannot_be_opened_denies_every_call_with_th
                 await front.close()
     assert status == [0]
     assert "the audit log cannot be opened" in caplog.text and "not a database" in caplog.text
+
+
+async def test_a_database_that_turned_read_only_denies_the_call_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with sqlite_relay(tmp_path) as (h, store):
+        await echo_roundtrip(h, 1, "before")
+        await outcomes_settled(store, 1)
+        writer = store._sqlite
+        assert writer is not None
+        writable = writer.connection or writer._connect()
+        # what a remount read-only (or lost permissions) looks like to SQLite
+        path = (tmp_path / "audit.db").resolve()
+        writer.connection = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        try:
+            await h.send(call(2, "echo", {"text": "while read-only"}))
+            _denied_for_audit(await h.client_gets())
+            assert "readonly database" in caplog.text
+        finally:
+            if writer.connection is not None:
+                writer.connection.close()
+            writer.connection = None  # reopened read-write on the next batch
+            writable.close()
+        await echo_roundtrip(h, 3, "after")
+        await outcomes_settled(store, 2)
+        assert (await store.verify()).ok
+    assert [c[3] for c in await audited_calls(store)] == ["forwarded", "forwarded"]
