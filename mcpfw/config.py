@@ -91,6 +91,7 @@ class AuditSettings:
     on_failure: str = "deny"  # deny | allow
     redact: tuple[str, ...] = ()  # JSON pointers into the call's arguments
     detect_secrets: bool = True
+    timeout_s: float = 30.0  # a commit slower than this denies the call (locked/hung database)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -371,7 +372,7 @@ def _audit(r: _Reader, value: Any) -> AuditSettings:
     p: PathKey = ("audit",)
     if isinstance(value, str):  # `audit: ./audit.db` is a shorthand for the url
         value = {"url": value}
-    body = r.mapping(value, p, {"url", "on_failure", "redact", "detect_secrets"})
+    body = r.mapping(value, p, {"url", "on_failure", "redact", "detect_secrets", "timeout_s"})
     url = r.optional(body.get("url"), (*p, "url"), str)
     if url is not None and "://" not in url:
         url = str(r.resolve(url))
@@ -384,6 +385,7 @@ def _audit(r: _Reader, value: Any) -> AuditSettings:
         on_failure=r.choice(body.get("on_failure"), (*p, "on_failure"), ("deny", "allow"), "deny"),
         redact=redact,
         detect_secrets=r.typed(body.get("detect_secrets"), (*p, "detect_secrets"), bool, True),
+        timeout_s=r.positive(body.get("timeout_s"), (*p, "timeout_s"), float, 30.0),
     )
 
 

@@ -17,7 +17,7 @@ agents:
     claims: {team: platform}
     record: true
   ci-bot: {roles: [ci]}
-audit: {url: audit.db, on_failure: deny, redact: [/password]}
+audit: {url: audit.db, on_failure: deny, redact: [/password], timeout_s: 2}
 limits: {max_depth: 8}
 mode: monitor
 hide_denied: true
@@ -52,7 +52,7 @@ def errors(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> 
 def test_a_full_config_loads_with_paths_resolved_and_variables_expanded(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FULL), environ=ENV)
     assert config.rules == (tmp_path / "rules",)
-    assert config.audit.url == str(tmp_path / "audit.db")
+    assert config.audit.url == str(tmp_path / "audit.db") and config.audit.timeout_s == 2.0
     assert config.agent_config("claude-desktop").roles == ("developer",)
     assert config.agent_config("claude-desktop").claims == {"team": "platform"}
     assert config.agent_config("unknown").roles == ()

@@ -194,8 +194,10 @@ def resolve(opts: dict[str, Any]) -> Any:
         server=name or server_name(command) if not url else name or "upstream",
         monitor=mode == "monitor",
         audit_failure="allow" if config.audit.on_failure == "allow" else "deny",
+        audit_timeout_s=config.audit.timeout_s,
         ask_timeout_s=opts["ask_timeout"] or config.ask_timeout_s,
         hide_denied=bool(hide),
+        outcome_linger_s=0.02,  # an outcome shares the next decision's commit
     )
     return RunOptions(
         agent=agent,

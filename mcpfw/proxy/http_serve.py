@@ -106,6 +106,7 @@ async def open_http_firewall(
                     server=name,
                     monitor=config.mode == "monitor",
                     audit_failure="allow" if config.audit.on_failure == "allow" else "deny",
+                    audit_timeout_s=config.audit.timeout_s,
                     ask_timeout_s=config.ask_timeout_s,
                     hide_denied=config.hide_denied,
                 ),
