@@ -12,7 +12,7 @@ Both expose the same variables and the custom functions of `mcpfw.policy.functio
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,8 +85,9 @@ class Engine(Protocol):
         """Compile `text`; raises `CompileError`."""
         ...
 
-    def activation(self, variables: Mapping[str, Any]) -> Any:
-        """The per-call activation for plain JSON-shaped `variables`."""
+    def activation(self, variables: Mapping[str, Any], programs: Sequence[Program] = ()) -> Any:
+        """The per-call activation for plain JSON-shaped `variables`; `programs` are the
+        compiled expressions that will run on it (cel-expr prepares their hoisted calls)."""
         ...
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cel_expr_python import cel
@@ -11,7 +11,7 @@ from cel_expr_python.ext import ext_strings
 
 from mcpfw.policy.engine import VARIABLES, CompileError, CompileIssue, EvalError
 from mcpfw.policy.functions import FUNCTIONS, Signature
-from mcpfw.policy.hoist import MAX_HOISTS, PREFIX, Arg, Hoist, Plan, plan
+from mcpfw.policy.hoist import PREFIX, Arg, Hoist, Plan, plan
 
 __all__ = ["CelExprEngine"]
 
@@ -26,6 +26,8 @@ _TYPES: dict[str, Any] = {
     "dyn": _T.DYN,
 }
 _HOIST_VAR = re.compile(re.escape(PREFIX) + r"\d+")
+_VARIABLE = re.compile(r"(?<![\w.])(" + "|".join(VARIABLES) + r")\b")
+_FIELD = re.compile(r"\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")
 _CALLS = re.compile(r"\b(?:" + "|".join(sig.name for sig in FUNCTIONS) + r")\s*\(")
 _ISSUE = re.compile(r"ERROR: <input>:(-?\d+):(-?\d+): (.*?)(?=\n \||\nERROR: |$)", re.S)
 
@@ -70,26 +72,77 @@ def _guarded(impl: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+_Reads = tuple[tuple[str, tuple[str, ...] | None], ...]
+
+
+def _reads(text: str) -> tuple[_Reads, tuple[str, ...]]:
+    """What CEL `text` reads: each variable with the top-level fields it selects (None: the
+    whole value), and the hoisted variables. Names inside string literals count too, which
+    only makes the answer bigger."""
+    fields: dict[str, set[str] | None] = {}
+    for m in _VARIABLE.finditer(text):
+        name, rest = m.group(1), text[m.end() :]
+        sel = _FIELD.match(rest)
+        if fields.get(name, set()) is None:
+            continue
+        if sel is None:
+            fields[name] = None
+        else:
+            fields.setdefault(name, set()).add(sel.group(1))  # type: ignore[union-attr]
+    reads = tuple((k, tuple(sorted(v)) if v is not None else None) for k, v in fields.items())
+    return reads, tuple(dict.fromkeys(_HOIST_VAR.findall(text)))
+
+
 class _Call:
-    """One call's variables, its base activation (built on first use) and hoisted values."""
+    """One call: its variables (one activation for expressions without hoisted calls) and
+    the hoisted values computed so far."""
 
-    __slots__ = ("_base", "env", "values", "variables")
+    __slots__ = ("_base", "_programs", "hoists", "values", "variables")
 
-    def __init__(self, env: Any, variables: dict[str, Any]) -> None:
-        self.env = env
+    def __init__(
+        self, hoists: _Hoisting, variables: dict[str, Any], programs: Sequence[object] = ()
+    ) -> None:
+        self.hoists = hoists
         self.variables = variables
-        self.values: dict[str, Any] = {}  # Hoist.key -> value, _Failed or _Memo
+        self.values: dict[str, Any] = {}  # hoisted variable -> value, _Failed or _Memo
         self._base: Any = None
+        # The expressions that will run: their hoisted values go in the one base activation.
+        self._programs = {p for p in programs if isinstance(p, _Program) and p._hoists}
 
     def base(self) -> Any:
+        """The variables, and the hoisted values of the expressions announced up front."""
         if self._base is None:
-            self._base = self.env.Activation(self.variables)
+            data = dict(self.variables)
+            for program in self._programs:
+                for h in program._hoists:
+                    if h.var not in self.values:
+                        self.values[h.var] = self.hoists.compute(h, self)
+            for k, v in self.values.items():
+                if not isinstance(v, _Failed):
+                    data[k] = v.table if isinstance(v, _Memo) else v
+            self._base = self.hoists.env.Activation(data)
         return self._base
 
-    def with_values(self, values: dict[str, Any]) -> Any:
-        bound = {k: v.table if isinstance(v, _Memo) else v for k, v in values.items()
-                 if not isinstance(v, _Failed)}  # fmt: skip
-        return self.env.Activation({**self.variables, **bound}) if bound else self.base()
+    def prepared(self, program: _Program) -> bool:
+        """True when the base activation holds `program`'s hoisted values."""
+        return program in self._programs
+
+    def activation(self, reads: _Reads, hoisted: tuple[str, ...]) -> Any:
+        """An activation with only what an expression reads. cel-expr-python converts a
+        variable's whole value on first use in each activation (~5 µs for nested arguments),
+        so this binds just the selected fields of each variable."""
+        data: dict[str, Any] = {}
+        for name, fields in reads:
+            if name in self.variables:
+                value = self.variables[name]
+                if fields is not None and isinstance(value, dict):
+                    value = {f: value[f] for f in fields if f in value}
+                data[name] = value
+        for var in hoisted:
+            v = self.values.get(var)
+            if v is not None and not isinstance(v, _Failed):
+                data[var] = v.table if isinstance(v, _Memo) else v
+        return self.hoists.env.Activation(data)
 
 
 class _Failed:
@@ -126,6 +179,8 @@ _ACCEPTS: dict[str, tuple[type, ...]] = {
 def _apply(sig: Signature, args: list[Any]) -> Any:
     """`sig`'s function on plain values, as cel-cpp would dispatch it; errors as `_Failed`."""
     for param, value in zip(sig.params, args, strict=True):
+        if param == "string" and type(value) is str:  # the usual case
+            continue
         if not isinstance(value, _ACCEPTS[param]) or (param == "int" and isinstance(value, bool)):
             types = ", ".join(_CEL_TYPE.get(type(v), type(v).__name__) for v in args)
             return _Failed(f"UNKNOWN: No matching overloads found : {sig.name}({types})")
@@ -137,50 +192,51 @@ def _apply(sig: Signature, args: list[Any]) -> Any:
         return _Failed(f"UNKNOWN: {type(exc).__name__}: {exc}")
 
 
-class _Program:
-    __slots__ = ("_args", "_consts", "_expr", "_hoists", "callbacks", "result_type")
+class _Hoisting:
+    """An engine's hoisted computations: one variable per distinct call (by source text),
+    shared by every expression, and the compiled arguments they need."""
 
-    def __init__(self, expr: Any, hoisted: Any = None, plan: Plan | None = None) -> None:
-        self._expr = hoisted if hoisted is not None else expr
-        self._hoists: tuple[Hoist, ...] = plan.hoists if plan and hoisted is not None else ()
-        # Custom-function calls still made through (leaking) callbacks, for tests and bench.
-        self.callbacks = plan.residual if plan and hoisted is not None else 0
-        self._args: dict[str, Any] = {}  # CEL text of an argument -> its compiled program
-        self._consts: dict[str, Any] = {}  # ... or its value, when it names no variable
-        t = expr.return_type()
-        if t == _BOOL:
-            self.result_type: str | None = "bool"
-        elif t == _T.DYN:
-            self.result_type = None
-        else:
-            self.result_type = str(t.name()).lower()
+    POOL = 1024  # variables declared for hoisted values
 
-    def run(self, call: _Call) -> bool:
-        values: dict[str, Any] = {}
-        try:
-            if self._hoists:
-                for h in self._hoists:
-                    value = call.values.get(h.key, _MISSING)
-                    if value is _MISSING:
-                        value = call.values[h.key] = self._compute(h, call, values)
-                    values[h.var] = value
-                activation = call.with_values(values)
-            else:
-                activation = call.base()
-            value = self._expr.eval(activation)
-        except Exception as exc:  # the iteration budget raises RuntimeError
-            raise EvalError(_short(str(exc))) from None
-        kind = value.type()
-        if kind == _BOOL:
-            return bool(value.value())
-        if kind == _ERROR:  # an ERROR value's .value() is truthy: never use it as a result
-            raise EvalError(_short(_hoisted_error(str(value.value()), values)))
-        raise EvalError(f"expression returned {str(kind.name()).lower()}, not bool")
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.names: dict[str, str] = {}  # Hoist.key -> variable
+        self.by_var: dict[str, Hoist] = {}
+        self.args: dict[str, Any] = {}  # CEL text of an argument -> its compiled program
+        self.consts: dict[str, Any] = {}  # ... or its value, when it names no variable
 
-    def _compute(self, h: Hoist, call: _Call, values: dict[str, Any]) -> Any:
+    def name(self, key: str) -> str:
+        if key not in self.names:
+            if len(self.names) >= self.POOL:
+                raise NameError("no hoisting variable left")
+            self.names[key] = f"{PREFIX}{len(self.names)}"
+        return self.names[key]
+
+    def add(self, found: Plan) -> None:
+        """Compile what `found`'s hoisted computations read; raises RuntimeError."""
+        for h in found.hoists:
+            for arg in (*h.args, h.domain):
+                if arg is None or arg.hoist is not None or arg.text in self.args:
+                    continue
+                if arg.const and arg.text not in self.consts:
+                    self.consts[arg.text] = _value(
+                        self.env.compile(arg.text).eval(self.env.Activation({}))
+                    )
+                elif not arg.const:
+                    self.args[arg.text] = (self.env.compile(arg.text), *_reads(arg.text))
+        for h in found.hoists:
+            self.by_var.setdefault(h.var, h)
+
+    def ensure(self, h: Hoist, call: _Call) -> Any:
+        value = call.values.get(h.var, _MISSING)
+        if value is _MISSING:
+            value = call.values[h.var] = self.compute(h, call)
+        return value
+
+    def compute(self, h: Hoist, call: _Call) -> Any:
         args: list[Any] = []
         for spec in h.args:
-            value = None if spec is None else self._arg(spec, call, values)
+            value = None if spec is None else self.arg(spec, call)
             if isinstance(value, _Failed):
                 return value  # an error argument makes the call an error, as in CEL
             args.append(value)
@@ -189,7 +245,7 @@ class _Program:
         if h.loop is None:
             return _apply(h.sig, args)
         assert h.domain is not None
-        domain = self._arg(h.domain, call, values)
+        domain = self.arg(h.domain, call)
         table: dict[str, Any] = {}
         error: str | None = None
         # The range itself stays in the expression: when it errors or is not a list or map,
@@ -205,24 +261,66 @@ class _Program:
                     table[item] = result
         return _Memo(table, error)
 
-    def _arg(self, spec: Arg, call: _Call, values: dict[str, Any]) -> Any:
+    def arg(self, spec: Arg, call: _Call) -> Any:
         if spec.hoist is not None:
-            return values[spec.hoist]
+            return self.ensure(self.by_var[spec.hoist], call)
         if spec.const:
-            return self._consts[spec.text]
+            return self.consts[spec.text]
         if spec.path:
             node: Any = call.variables
-            for name in spec.path:
-                if not isinstance(node, dict) or name not in node:
+            for depth, name in enumerate(spec.path):
+                if not isinstance(node, dict):
                     break
+                if name not in node:
+                    if depth == 0:
+                        break  # an unbound variable: let CEL say so
+                    return _Failed(f'NOT_FOUND: Key not found in map : "{name}"')
                 node = node[name]
             else:
                 return node
-        program = self._args.get(spec.text)
-        if program is None:
-            raise EvalError(f"internal: no program for hoisted argument {spec.text!r}")
-        activation = call.with_values(values) if PREFIX in spec.text else call.base()
-        return _value(program.eval(activation))
+        program, reads, hoisted = self.args[spec.text]
+        for var in hoisted:
+            self.ensure(self.by_var[var], call)
+        return _value(program.eval(call.activation(reads, hoisted)))
+
+
+class _Program:
+    __slots__ = ("_expr", "_hoists", "_reads", "callbacks", "result_type")
+
+    def __init__(self, expr: Any, hoisted: Any = None, plan: Plan | None = None) -> None:
+        self._expr = hoisted if hoisted is not None else expr
+        self._hoists: tuple[Hoist, ...] = plan.hoists if plan and hoisted is not None else ()
+        self._reads = _reads(plan.text) if plan and hoisted is not None else ((), ())
+        # Custom-function calls still made through (leaking) callbacks, for tests and bench.
+        self.callbacks = plan.residual if plan and hoisted is not None else 0
+        t = expr.return_type()
+        if t == _BOOL:
+            self.result_type: str | None = "bool"
+        elif t == _T.DYN:
+            self.result_type = None
+        else:
+            self.result_type = str(t.name()).lower()
+
+    def run(self, call: _Call) -> bool:
+        try:
+            if self._hoists and not call.prepared(self):
+                values = call.values
+                for h in self._hoists:
+                    if h.var not in values:
+                        values[h.var] = call.hoists.compute(h, call)
+                activation = call.activation(*self._reads)
+            else:
+                activation = call.base()
+            value = self._expr.eval(activation)
+        except Exception as exc:  # the iteration budget raises RuntimeError
+            raise EvalError(_short(str(exc))) from None
+        kind = value.type()
+        if kind == _BOOL:
+            return bool(value.value())
+        if kind == _ERROR:  # an ERROR value's .value() is truthy: never use it as a result
+            mine = {h.var: call.values.get(h.var) for h in self._hoists}
+            raise EvalError(_short(_hoisted_error(str(value.value()), mine)))
+        raise EvalError(f"expression returned {str(kind.name()).lower()}, not bool")
 
 
 def _value(result: Any) -> Any:
@@ -265,38 +363,30 @@ class CelExprEngine:
         # Rewritten expressions also see the hoisted values; rules cannot name them.
         self._hoist = hoist
         self._hoist_env = cel.NewEnv(
-            variables={**variables, **{f"{PREFIX}{i}": _T.DYN for i in range(MAX_HOISTS)}},
+            variables={**variables, **{f"{PREFIX}{i}": _T.DYN for i in range(_Hoisting.POOL)}},
             extensions=[ext_strings.ExtStrings()],
             functions=functions,
         )
+        self._hoisting = _Hoisting(self._hoist_env)
 
     def compile(self, text: str) -> _Program:
         try:
             expr = self._env.compile(text)
         except RuntimeError as exc:
             raise CompileError(_issues(str(exc))) from None
-        found = plan(text) if self._hoist else None
+        found = plan(text, self._hoisting.name) if self._hoist else None
         if found is None or not found.hoists:
             return _counted(_Program(expr), text)
         # The checked original gives the errors and the result type; the rewritten one runs.
         try:
-            program = _Program(expr, self._hoist_env.compile(found.text), found)
-            args = {a.text: a for h in found.hoists for a in (*h.args, h.domain) if a is not None}
-            for text, arg in args.items():
-                if arg.const:
-                    program._consts[text] = _value(self._hoist_env.compile(text).eval(self._empty))
-                elif arg.hoist is None:
-                    program._args[text] = self._hoist_env.compile(text)
+            hoisted = self._hoist_env.compile(found.text)
+            self._hoisting.add(found)
         except RuntimeError:  # the rewrite does not compile here: keep the callbacks
             return _counted(_Program(expr), text)
-        return program
+        return _Program(expr, hoisted, found)
 
-    @property
-    def _empty(self) -> Any:
-        return self._hoist_env.Activation({})
-
-    def activation(self, variables: Mapping[str, Any]) -> Any:
-        return _Call(self._hoist_env, dict(variables))
+    def activation(self, variables: Mapping[str, Any], programs: Sequence[object] = ()) -> Any:
+        return _Call(self._hoisting, dict(variables), programs)
 
 
 def _counted(program: _Program, text: str) -> _Program:

@@ -7,7 +7,7 @@ walking the parse tree. It has no iteration budget: arguments are bounded before
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import celpy
@@ -149,7 +149,7 @@ class CelPythonEngine:
                 program.result_type = _TYPE_NAMES.get(type(value).__name__, "non-bool")
         return program
 
-    def activation(self, variables: Mapping[str, Any]) -> Any:
+    def activation(self, variables: Mapping[str, Any], programs: Sequence[object] = ()) -> Any:
         return {name: json_to_cel(value) for name, value in variables.items()}
 
 

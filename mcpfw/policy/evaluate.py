@@ -91,7 +91,8 @@ def _decide(ruleset: RuleSet, call: ToolCall) -> dict[str, Any]:
     for rule in candidates:
         if rule.program is not None:
             if activation is None:
-                activation = ruleset.compiled_by.activation(variables)
+                programs = [r.program for r in candidates if r.program is not None]
+                activation = ruleset.compiled_by.activation(variables, programs)
             try:
                 hit = rule.program.run(activation)
             except EvalError as exc:

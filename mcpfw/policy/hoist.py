@@ -21,6 +21,7 @@ cel-python's parser (a declared dependency) and knows nothing of cel-expr-python
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +85,9 @@ def _stand_in(m: re.Match[str]) -> str:
 
 
 class _Planner:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, name: Callable[[str], str] | None) -> None:
         self.text = text
+        self.name = name
         self.hoists: list[Hoist] = []
         self.by_key: dict[str, str] = {}
         self.residual = 0
@@ -152,7 +154,7 @@ class _Planner:
             key = f"\x00range\x00{source}"
             var = self.by_key.get(key)
             if var is None:
-                var = self.new_var()
+                var = self.new_var(key)
                 made = Hoist(var, key, None, (self.arg_of(self.render(recv, out)),))
                 self.hoists.append(made)
                 self.by_key[key] = var
@@ -167,9 +169,9 @@ class _Planner:
             del self.by_key[made.key]
         return out + body
 
-    def new_var(self) -> str:
+    def new_var(self, key: str) -> str:
         self.count += 1
-        return f"{PREFIX}{self.count - 1}"
+        return self.name(key) if self.name else f"{PREFIX}{self.count - 1}"
 
     def arg_of(self, text: str) -> Arg:
         if _HOIST_VAR.fullmatch(text):
@@ -197,7 +199,7 @@ class _Planner:
         var_name = self.by_key.get(key)
         if var_name is None:
             specs = tuple(None if i == loop else self.arg(a, bound) for i, a in enumerate(args))
-            var_name = self.new_var()
+            var_name = self.new_var(key)
             domain = info[0] if loop is not None and info else None
             self.hoists.append(Hoist(var_name, key, sig, specs, loop, domain))
             self.by_key[key] = var_name
@@ -234,8 +236,11 @@ def _refs(node: Any, bound: dict[str, tuple[Arg, str] | None]) -> bool:
     return any(t.data == "ident" and str(t.children[0]) in bound for t in node.iter_subtrees())
 
 
-def plan(text: str) -> Plan | None:
-    """The hoisting plan for `text`; None when it calls no custom function or does not parse."""
+def plan(text: str, name: Callable[[str], str] | None = None) -> Plan | None:
+    """The hoisting plan for `text`; None when it calls no custom function or does not parse.
+    `name(key)` names the variable of a hoisted computation (default: `__mcpfw_h0`, ... in
+    order); an engine that shares values between expressions gives equal keys one name, and
+    raises `NameError` when it has no name left (the expression then keeps its callbacks)."""
     if not any(name in text for name in _BY_NAME):
         return None
     try:
@@ -244,9 +249,9 @@ def plan(text: str) -> Plan | None:
         tree = CELParser().parse(_BOOLS.sub(_stand_in, text))
     except Exception:  # cel-python missing, or its parser disagrees: keep the callbacks
         return None
-    planner = _Planner(text)
+    planner = _Planner(text, name)
     try:
         repl = planner.visit(tree, {})
-    except _NoPosition:
+    except (_NoPosition, NameError):
         return None
     return Plan(planner.span(0, len(text), repl), tuple(planner.hoists), planner.residual)

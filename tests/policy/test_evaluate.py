@@ -226,7 +226,7 @@ def test_an_internal_failure_is_a_deny_never_an_exception(
 ) -> None:
     rs = ruleset("default: allow\nrules: [{id: a, effect: allow, when: 'true'}]")
 
-    def explode(variables: Any) -> Any:
+    def explode(variables: Any, programs: Any = ()) -> Any:
         raise MemoryError("boom")
 
     monkeypatch.setattr(rs.compiled_by, "activation", explode)

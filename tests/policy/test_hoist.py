@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpfw.policy import load_ruleset
+from mcpfw.model import Agent, ToolCall
+from mcpfw.policy import evaluate, load_ruleset
 from mcpfw.policy.engine import CompileError, EvalError, get_engine
 from mcpfw.policy.engine_celexpr import CelExprEngine
 from mcpfw.policy.hoist import plan
@@ -49,6 +50,26 @@ def test_evaluating_custom_functions_keeps_no_objects_alive(text: str) -> None:
     cel = get_engine("cel-expr")
     assert isinstance(cel, CelExprEngine)
     assert _growth(cel, text, ARGS) < ROUNDS // 10
+
+
+def test_evaluating_the_shipped_rules_keeps_no_objects_alive() -> None:
+    ruleset = load_ruleset([ROOT / "rules"], engine="cel-expr")
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("read_multiple_files", {"paths": ["/workspace/a", "/workspace/.env"]}),
+        ("fetch", {"url": "https://docs.python.org/3/"}),
+        ("git_push", {"branch": "+HEAD:refs/heads/main", "force": "yes"}),
+        ("run_command", {"command": "git log 'a b'"}),
+    ]
+    calls = [
+        ToolCall(agent=Agent(id="a", roles=("editor",)), tool=t, arguments=a) for t, a in cases
+    ]
+    for c in calls:  # warm up: caches, interned strings
+        evaluate(ruleset, c)
+    before = _live_lists()
+    for _ in range(ROUNDS // len(calls)):
+        for c in calls:
+            evaluate(ruleset, c)
+    assert _live_lists() - before < ROUNDS // 10
 
 
 def test_the_binding_still_leaks_through_callbacks_which_is_why_calls_are_hoisted() -> None:
@@ -179,9 +200,11 @@ def test_every_shipped_rule_decides_the_same_hoisted_or_not(args: dict[str, Any]
     variables = {"args": args, "agent": {"id": "a", "roles": ["editor"]}, "tool": {"name": "t"}}
     for rule, *pairs in _both():
         outcomes: list[object] = []
-        for cel, program in pairs:
+        # hoisted (computed per expression, and prepared up front as evaluate() does), plain
+        for cel, program, prepare in (*[(*p, False) for p in pairs], (*pairs[0], True)):
             try:
-                outcomes.append(program.run(cel.activation(variables)))
+                activation = cel.activation(variables, [program] if prepare else [])
+                outcomes.append(program.run(activation))
             except EvalError:
                 outcomes.append("error")
-        assert outcomes[0] == outcomes[1], rule
+        assert outcomes[0] == outcomes[1] == outcomes[2], rule
