@@ -36,6 +36,9 @@ for line in sys.stdin:
     elif method == "server/discover":
         result = {"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}},
                   "cacheScope": "public", "ttlMs": 0, "resultType": "complete"}
+    elif method == "tools/list":
+        result = {"tools": [{"name": "echo", "description": "Echo the arguments back.",
+                             "inputSchema": {"type": "object"}}]}
     elif method == "tools/call":
         text = json.dumps(msg["params"].get("arguments", {}))
         result = {"content": [{"type": "text", "text": text}], "isError": False}

@@ -69,7 +69,12 @@ class AuditStore(AuditReader):
         self.instance = instance
         self.redactor = redactor
         self.commits = 0  # transactions committed by this store's writer
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        # (row, its writer's future, whether it starts a commit rather than lingering)
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None], bool]] = []
+        self._eager = 0  # pending rows whose writer waits for the commit (all but lingering)
+        self._due = False  # a lingering row's time is up: flush whatever is pending
+        self._timer: asyncio.TimerHandle | None = None
+        self._linger_s = 0.0
         self._flusher: asyncio.Task[None] | None = None
         self._head: tuple[int, str] | None = None  # (seq, hash) as last committed by us
         self._decisions: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
@@ -184,8 +189,14 @@ class AuditStore(AuditReader):
         is_error: bool | None = None,
         result: Any = None,
         detail: str = "",
+        linger_s: float = 0.0,
     ) -> None:
-        """What happened to a decided call; stores a digest of the result, never the result."""
+        """What happened to a decided call; stores a digest of the result, never the result.
+
+        With `linger_s`, the event may wait that long for another write to share its commit
+        (the next call's decision, say) instead of starting a commit of its own, which the next
+        decision would then queue behind. It is committed when this returns, either way.
+        """
         row = outcome_row(
             self.redactor,
             decision_id=decision_id,
@@ -197,7 +208,7 @@ class AuditStore(AuditReader):
             context=self._decisions.pop(decision_id, None),
             when=utcnow(),
         )
-        await self._write(row)
+        await self._write(row, linger_s=linger_s)
 
     async def record_session_end(self, session_id: str, *, reason: str = "") -> None:
         """A session closed."""
@@ -215,6 +226,9 @@ class AuditStore(AuditReader):
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._kick()  # lingering rows are written now
         flusher = self._flusher
         if flusher is not None and not flusher.done():
             await asyncio.wait({flusher})
@@ -223,28 +237,58 @@ class AuditStore(AuditReader):
             await self._sqlite.aclose()
         await self.engine.dispose()
 
-    async def _write(self, row: dict[str, Any]) -> None:
+    async def _write(self, row: dict[str, Any], *, linger_s: float = 0.0) -> None:
+        # The first writer commits at once; writers arriving while a commit is in flight queue
+        # up and share the next one. A lingering row starts no commit: it rides along with the
+        # next one, or its timer starts one.
         if self._closed:
             raise AuditWriteError("the audit store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         row["instance"] = self.instance
-        self._pending.append((row, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_loop())
+        eager = linger_s <= 0 or len(self._pending) >= MAX_BATCH
+        self._pending.append((row, future, eager))
+        if eager:
+            self._eager += 1
+            self._start_flusher(loop)
+        else:
+            self._linger_s = linger_s
+            if self._timer is None:
+                self._timer = loop.call_later(linger_s, self._kick)
         await future
 
+    def _kick(self) -> None:
+        """Flush whatever is pending now, lingering rows included."""
+        self._timer = None
+        if self._pending:
+            self._due = True
+            self._start_flusher(asyncio.get_running_loop())
+
+    def _start_flusher(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_loop())
+
     async def _flush_loop(self) -> None:
-        while self._pending:
+        try:
+            await self._flush_batches()
+        finally:
+            if self._pending and self._timer is None and not self._closed:
+                # only lingering rows are left: their timer writes them
+                self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._kick)
+
+    async def _flush_batches(self) -> None:
+        while self._pending and (self._eager > 0 or self._due or self._closed):
+            self._due = False
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
+            self._eager -= sum(1 for _, _, eager in batch if eager)
             error: BaseException | None = None
             try:
-                await self._commit([row for row, _ in batch])
+                await self._commit([row for row, _, _ in batch])
             except BaseException as exc:  # every waiter of the batch must hear of it
                 error = exc
                 self._head = None
-            for _, future in batch:
+            for _, future, _ in batch:
                 if future.done():
                     continue  # the caller was cancelled
                 if error is None:
@@ -256,10 +300,11 @@ class AuditStore(AuditReader):
                     wrapped.__cause__ = error
                     future.set_exception(wrapped)
             if error is not None and not isinstance(error, Exception):
-                for _, future in self._pending:
+                for _, future, _ in self._pending:
                     if not future.done():
                         future.set_exception(AuditWriteError("the audit writer was stopped"))
                 self._pending.clear()
+                self._eager = 0
                 raise error
 
     async def _writer(self) -> AsyncConnection:

@@ -126,6 +126,9 @@ class GuardSettings:
     # A decision not committed by then denies the call: a locked SQLite file or a hung database
     # connection must not hold calls forever (SQLite's own busy timeout is 10 s).
     audit_timeout_s: float = 30.0
+    # An outcome may wait this long to share the next decision's commit (one commit per call
+    # instead of two); `finish` returns once it is committed. The stdio runner sets 20 ms.
+    outcome_linger_s: float = 0.0
     hide_denied: bool = False
     state_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     state_ttl_s: float = 600.0  # how long a modern-era approval request stays answerable
@@ -627,6 +630,7 @@ class GuardSession:
                 result = response.get("result")
                 is_error = bool(isinstance(result, dict) and result.get("isError"))
         latency = (time.monotonic() - verdict.started) * 1000 if verdict.forward else None
+        linger = self.guard.settings.outcome_linger_s
         try:
             await store.record_outcome(
                 verdict.decision.id,
@@ -635,6 +639,7 @@ class GuardSession:
                 is_error=is_error,
                 result=result,
                 detail=detail or verdict.detail,
+                **({"linger_s": linger} if linger > 0 else {}),
             )
         except Exception as exc:  # the call already happened; losing the outcome is logged
             log.error("audit: cannot record outcome of decision %s: %s", verdict.decision.id, exc)
