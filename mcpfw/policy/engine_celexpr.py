@@ -182,7 +182,10 @@ def _apply(sig: Signature, args: list[Any]) -> Any:
         if param == "string" and type(value) is str:  # the usual case
             continue
         if not isinstance(value, _ACCEPTS[param]) or (param == "int" and isinstance(value, bool)):
-            types = ", ".join(_CEL_TYPE.get(type(v), type(v).__name__) for v in args)
+            types = ", ".join(
+                v.type_name if isinstance(v, _Opaque) else _CEL_TYPE.get(type(v), type(v).__name__)
+                for v in args
+            )
             return _Failed(f"UNKNOWN: No matching overloads found : {sig.name}({types})")
     try:
         return sig.impl(*args)
@@ -240,8 +243,8 @@ class _Hoisting:
             if isinstance(value, _Failed):
                 return value  # an error argument makes the call an error, as in CEL
             args.append(value)
-        if h.sig is None:  # a comprehension's range
-            return args[0]
+        if h.sig is None:  # a comprehension's range (not a list or map: CEL errors on it)
+            return _Failed("not a list or map") if isinstance(args[0], _Opaque) else args[0]
         if h.loop is None:
             return _apply(h.sig, args)
         assert h.domain is not None
@@ -323,10 +326,26 @@ class _Program:
         raise EvalError(f"expression returned {str(kind.name()).lower()}, not bool")
 
 
+_NOT_JSON = (_T.UINT, _T.BYTES, _T.TIMESTAMP, _T.DURATION, _T.TYPE, _T.UNKNOWN)
+
+
+class _Opaque:
+    """A value of a type no custom function takes (uint, bytes, ...): calls with it fail."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
 def _value(result: Any) -> Any:
-    """A plain Python value, or `_Failed` for an ERROR value."""
-    if result.type() == _ERROR:
+    """A plain Python value, `_Failed` for an ERROR value, `_Opaque` for a non-JSON type."""
+    kind = result.type()
+    if kind == _ERROR:
         return _Failed(str(result.value()))
+    if any(kind == t for t in _NOT_JSON):
+        name = str(kind.name()).lower()
+        return _Opaque("uint64" if name == "uint" else name)
     return result.plain_value()
 
 

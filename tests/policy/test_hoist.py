@@ -116,6 +116,10 @@ SAME = [
     'hostKind(urlHost(args.url)) == "public"',
     "isSecretPath(args.paths[1]) && urlDecode(args.paths[1]) != args.paths[1]",
     '[cleanPath("/a/../b")].exists(p, p == "/b")',
+    "asBool(dyn(1u)) || asBool(dyn(b'x')) || cleanPath(dyn(b'x')) == ''",
+    "asBool(dyn(1u)) || true",
+    "asList(dyn(1u)).size() == 1 || args.cmd.hasShellMeta()",
+    "dyn(1u).exists(p, isSecretPath(p)) || true",
 ]
 
 
