@@ -27,6 +27,7 @@ _TYPES: dict[str, Any] = {
 }
 _HOIST_VAR = re.compile(re.escape(PREFIX) + r"\d+")
 _VARIABLE = re.compile(r"(?<![\w.])(" + "|".join(VARIABLES) + r")\b")
+_ROOTED = re.compile(r"(?:^|[^\w)\]\"'\s])\s*\.\s*(" + "|".join(VARIABLES) + r")\b")
 _FIELD = re.compile(r"\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")
 _CALLS = re.compile(r"\b(?:" + "|".join(sig.name for sig in FUNCTIONS) + r")\s*\(")
 _ISSUE = re.compile(r"ERROR: <input>:(-?\d+):(-?\d+): (.*?)(?=\n \||\nERROR: |$)", re.S)
@@ -89,6 +90,8 @@ def _reads(text: str) -> tuple[_Reads, tuple[str, ...]]:
             fields[name] = None
         else:
             fields.setdefault(name, set()).add(sel.group(1))  # type: ignore[union-attr]
+    for m in _ROOTED.finditer(text):  # `.args` names the variable from the root scope
+        fields[m.group(1)] = None
     reads = tuple((k, tuple(sorted(v)) if v is not None else None) for k, v in fields.items())
     return reads, tuple(dict.fromkeys(_HOIST_VAR.findall(text)))
 

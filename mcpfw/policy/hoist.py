@@ -120,7 +120,7 @@ class _Planner:
     def visit(self, node: Any, bound: dict[str, tuple[Arg, str] | None]) -> _Repl:
         if not hasattr(node, "data"):
             return []
-        if node.data in ("ident_arg", "member_dot_arg"):
+        if node.data in ("ident_arg", "dot_ident_arg", "member_dot_arg"):
             kids = node.children
             member = node.data == "member_dot_arg"
             name = str(kids[1] if member else kids[0])
@@ -224,7 +224,7 @@ def _bare_ident(node: Any) -> str | None:
 def _names_any(node: Any) -> bool:
     """True when `node` mentions any variable (a stand-in for true/false is none)."""
     return any(
-        t.data == "ident" and str(t.children[0]) not in ("_Tt_", "_Ff__")
+        t.data == "dot_ident" or (t.data == "ident" and str(t.children[0]) not in ("_Tt_", "_Ff__"))
         for t in node.iter_subtrees()
     )
 

@@ -120,6 +120,9 @@ SAME = [
     "asBool(dyn(1u)) || true",
     "asList(dyn(1u)).size() == 1 || args.cmd.hasShellMeta()",
     "dyn(1u).exists(p, isSecretPath(p)) || true",
+    # root-scoped names and calls
+    'cleanPath(.args.paths[0]) == "/w/a.txt" && .cleanPath(args.url) == "http:/[oops"',
+    ".args.paths.exists(p, isSecretPath(p)) && .args.n == 7",
 ]
 
 
