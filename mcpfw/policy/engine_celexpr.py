@@ -160,11 +160,11 @@ class _Failed:
 class _Memo:
     """A hoisted comprehension call: results by loop value; failing values are left out."""
 
-    __slots__ = ("error", "table")
+    __slots__ = ("errors", "table")
 
-    def __init__(self, table: dict[str, Any], error: str | None) -> None:
+    def __init__(self, table: dict[str, Any], errors: dict[str, str]) -> None:
         self.table = table
-        self.error = error
+        self.errors = errors  # loop value -> the call's error for it
 
 
 _MISSING = object()
@@ -253,7 +253,7 @@ class _Hoisting:
         assert h.domain is not None
         domain = self.arg(h.domain, call)
         table: dict[str, Any] = {}
-        error: str | None = None
+        errors: dict[str, str] = {}
         # The range itself stays in the expression: when it errors or is not a list or map,
         # the comprehension errors there, and the (empty) table is never read.
         items = domain if isinstance(domain, list | dict) else ()
@@ -262,10 +262,10 @@ class _Hoisting:
                 args[h.loop] = item
                 result = _apply(h.sig, args)
                 if isinstance(result, _Failed):
-                    error = error or result.message
+                    errors[item] = result.message
                 else:
                     table[item] = result
-        return _Memo(table, error)
+        return _Memo(table, errors)
 
     def arg(self, spec: Arg, call: _Call) -> Any:
         if spec.hoist is not None:
@@ -358,12 +358,12 @@ def _hoisted_error(message: str, values: dict[str, Any]) -> str:
         value = values.get(var)
         if isinstance(value, _Failed):
             return value.message
-        if isinstance(value, _Memo) and value.error:
-            return value.error
-    if "Key not found in map" in message:
+    if "Key not found in map" in message:  # a loop value whose call failed
         for value in values.values():
-            if isinstance(value, _Memo) and value.error and value.error not in message:
-                return value.error
+            if isinstance(value, _Memo):
+                for item, error in value.errors.items():
+                    if message.endswith(f'"{item}"') or f'"{item}" ' in message:
+                        return error
     return message
 
 

@@ -215,3 +215,10 @@ def test_every_shipped_rule_decides_the_same_hoisted_or_not(args: dict[str, Any]
             except EvalError:
                 outcomes.append("error")
         assert outcomes[0] == outcomes[1] == outcomes[2], rule
+
+
+def test_a_failed_call_in_a_comprehension_reports_the_same_error_as_a_callback() -> None:
+    text = 'args.hosts.map(h, "https://" + h).all(u, urlHost(u) != "")'
+    assert CelExprEngine().compile(text).callbacks == 0
+    hoisted, plain = _outcome(CelExprEngine(), text), _outcome(CelExprEngine(hoist=False), text)
+    assert hoisted == plain and "not a valid" in str(hoisted[1])
