@@ -93,3 +93,42 @@ async def test_the_sqlite_writer_leaves_checkpoints_to_its_own_thread(tmp_path: 
     with sqlite3.connect(path) as conn:  # the file holds every event after the writer closed
         count = conn.execute("SELECT count(*) FROM audit_events").fetchone()
     assert count == (CHECKPOINT_COMMITS + 1,)
+
+
+async def test_a_small_commit_is_done_on_the_event_loop_when_the_lock_is_free(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(20):
+        async with open_store(str(tmp_path / "a.db"), instance="fw-a") as store:
+            await store.record_decision(make_call(), make_decision())  # opens the connection
+            writer = store._sqlite
+            assert writer is not None
+            before = writer.inline_commits
+            await store.record_decision(make_call(), make_decision())
+            inline = writer.inline_commits - before
+            report = await store.verify()
+    assert inline == 1
+    assert report.ok and report.events == 2
+
+
+async def test_a_commit_that_finds_the_lock_taken_waits_for_it_on_the_thread(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a.db"
+    with anyio.fail_after(20):
+        async with open_store(str(path), instance="fw-a") as store:
+            await store.record_decision(make_call(), make_decision())
+            writer = store._sqlite
+            assert writer is not None
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+            decision = make_decision()
+            task = asyncio.ensure_future(store.record_decision(make_call(), decision))
+            while writer.lock_waits == 0:  # the inline attempt gave up; the thread now waits
+                await anyio.lowlevel.checkpoint()
+            assert not task.done()
+            other.execute("ROLLBACK")
+            other.close()
+            await task
+            found = await store.get_event(decision.id)
+    assert found is not None and found.kind == "decision"
