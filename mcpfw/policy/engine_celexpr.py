@@ -11,7 +11,7 @@ from cel_expr_python.ext import ext_strings
 
 from mcpfw.policy.engine import VARIABLES, CompileError, CompileIssue, EvalError
 from mcpfw.policy.functions import FUNCTIONS, Signature
-from mcpfw.policy.hoist import PREFIX, Arg, Hoist, Plan, plan
+from mcpfw.policy.hoist import LOOP, PREFIX, Arg, Hoist, Plan, plan
 
 __all__ = ["CelExprEngine"]
 
@@ -130,7 +130,9 @@ class _Call:
         """True when the base activation holds `program`'s hoisted values."""
         return program in self._programs
 
-    def activation(self, reads: _Reads, hoisted: tuple[str, ...]) -> Any:
+    def activation(
+        self, reads: _Reads, hoisted: tuple[str, ...], extra: dict[str, Any] | None = None
+    ) -> Any:
         """An activation with only what an expression reads. cel-expr-python converts a
         variable's whole value on first use in each activation (~5 µs for nested arguments),
         so this binds just the selected fields of each variable."""
@@ -145,7 +147,7 @@ class _Call:
             v = self.values.get(var)
             if v is not None and not isinstance(v, _Failed):
                 data[var] = v.table if isinstance(v, _Memo) else v
-        return self.hoists.env.Activation(data)
+        return self.hoists.env.Activation({**data, **extra} if extra else data)
 
 
 class _Failed:
@@ -221,7 +223,7 @@ class _Hoisting:
     def add(self, found: Plan) -> None:
         """Compile what `found`'s hoisted computations read; raises RuntimeError."""
         for h in found.hoists:
-            for arg in (*h.args, h.domain):
+            for arg in (*h.args, h.domain, h.by):
                 if arg is None or arg.hoist is not None or arg.text in self.args:
                     continue
                 if arg.const and arg.text not in self.consts:
@@ -258,7 +260,10 @@ class _Hoisting:
         # the comprehension errors there, and the (empty) table is never read.
         items = domain if isinstance(domain, list | dict) else ()
         for item in items:
-            if isinstance(item, str) and item not in table:
+            if h.by is not None:  # the argument is an expression of the loop variable
+                item = self.loop_arg(h.by, item, call)
+            # Anything but a string cannot be looked up: CEL errors there, as the call would.
+            if isinstance(item, str) and item not in table and item not in errors:
                 args[h.loop] = item
                 result = _apply(h.sig, args)
                 if isinstance(result, _Failed):
@@ -266,6 +271,19 @@ class _Hoisting:
                 else:
                     table[item] = result
         return _Memo(table, errors)
+
+    def loop_arg(self, spec: Arg, item: Any, call: _Call) -> Any:
+        """`spec` (an expression of `LOOP`) for one element of a comprehension's range."""
+        if spec.path:
+            node = item
+            for name in spec.path[1:]:
+                if not isinstance(node, dict) or name not in node:
+                    return None  # an error in CEL too
+                node = node[name]
+            return node
+        program, reads, hoisted = self.args[spec.text]
+        activation = call.activation(reads, hoisted, {LOOP: item})
+        return _value(program.eval(activation))
 
     def arg(self, spec: Arg, call: _Call) -> Any:
         if spec.hoist is not None:
@@ -385,7 +403,11 @@ class CelExprEngine:
         # Rewritten expressions also see the hoisted values; rules cannot name them.
         self._hoist = hoist
         self._hoist_env = cel.NewEnv(
-            variables={**variables, **{f"{PREFIX}{i}": _T.DYN for i in range(_Hoisting.POOL)}},
+            variables={
+                **variables,
+                **{f"{PREFIX}{i}": _T.DYN for i in range(_Hoisting.POOL)},
+                LOOP: _T.DYN,
+            },
             extensions=[ext_strings.ExtStrings()],
             functions=functions,
         )

@@ -27,13 +27,14 @@ from typing import Any
 
 from mcpfw.policy.functions import FUNCTIONS, Signature
 
-__all__ = ["MAX_HOISTS", "PREFIX", "Arg", "Hoist", "Plan", "plan"]
+__all__ = ["LOOP", "MAX_HOISTS", "PREFIX", "Arg", "Hoist", "Plan", "plan"]
 
 PREFIX = "__mcpfw_h"
 MAX_HOISTS = 64  # variables the native engine declares for hoisted values
 _BY_NAME = {sig.name: sig for sig in FUNCTIONS}
 _MACROS = frozenset({"all", "exists", "exists_one", "filter", "map", "bind"})
-_PATH = re.compile(r"(agent|tool|args|session|request)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+LOOP = "__mcpfw_loop"  # the loop variable in a memoised call's argument (`LOOP.path`)
+_PATH = re.compile(r"(agent|tool|args|session|request|__mcpfw_loop)((?:\.[A-Za-z_]\w*)+)")
 _HOIST_VAR = re.compile(re.escape(PREFIX) + r"\d+")
 
 
@@ -58,6 +59,7 @@ class Hoist:
     args: tuple[Arg | None, ...]  # None at the loop variable's position
     loop: int | None = None
     domain: Arg | None = None
+    by: Arg | None = None  # the loop argument in terms of `LOOP`, if not just the variable
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,22 +188,33 @@ class _Planner:
             return None
         uses = [_refs(a, bound) for a in args]
         loop: int | None = None
+        by: Arg | None = None  # the loop argument, when it is more than the loop variable
         if any(uses):
             loops = [i for i, u in enumerate(uses) if u]
-            var = _bare_ident(args[loops[0]]) if len(loops) == 1 else None
-            info = bound.get(var) if var else None
-            if info is None or sig.params[loops[0]] != "string":
+            if len(loops) != 1 or sig.params[loops[0]] != "string":
                 return None
             loop = loops[0]
+            var = _bare_ident(args[loop])
+            if var is None:  # `f.path`: one loop variable, no call or comprehension inside
+                names = {
+                    str(t.children[0]) for t in _idents(args[loop]) if str(t.children[0]) in bound
+                }
+                if len(names) != 1 or _calls_or_loops(args[loop]):
+                    return None
+                var = names.pop()
+                by = self.arg_of(self.loop_text(args[loop], var))
+            info = bound.get(var)
+            if info is None:
+                return None
         key = self.source(node)
         if loop is not None:
-            key += f"\x00{_bare_ident(args[loop])}\x00{info[1] if info else ''}"
+            key += f"\x00{var}\x00{info[1] if info else ''}"
         var_name = self.by_key.get(key)
         if var_name is None:
             specs = tuple(None if i == loop else self.arg(a, bound) for i, a in enumerate(args))
             var_name = self.new_var(key)
             domain = info[0] if loop is not None and info else None
-            self.hoists.append(Hoist(var_name, key, sig, specs, loop, domain))
+            self.hoists.append(Hoist(var_name, key, sig, specs, loop, domain, by))
             self.by_key[key] = var_name
         if loop is not None and info and info[0].hoist:
             self.ranges_used.add(info[0].hoist)
@@ -210,7 +223,32 @@ class _Planner:
             raise _NoPosition
         if loop is None:
             return (start, end, var_name)
-        return (start, end, f"{var_name}[{_bare_ident(args[loop])}]")
+        return (start, end, f"{var_name}[{self.source(args[loop])}]")
+
+    def loop_text(self, node: Any, var: str) -> str:
+        """`node`'s text with the loop variable `var` renamed to `LOOP`."""
+        spans = [
+            (t.meta.start_pos, t.meta.end_pos, LOOP)
+            for t in _idents(node)
+            if str(t.children[0]) == var
+        ]
+        if any(s is None or e is None for s, e, _ in spans):
+            raise _NoPosition
+        return self.render(node, spans)
+
+
+def _idents(node: Any) -> list[Any]:
+    return [t for t in node.iter_subtrees() if t.data == "ident"]
+
+
+def _calls_or_loops(node: Any) -> bool:
+    """True when `node` calls a custom function or binds a comprehension variable."""
+    for t in node.iter_subtrees():
+        if t.data in ("ident_arg", "dot_ident_arg", "member_dot_arg"):
+            name = str(t.children[1] if t.data == "member_dot_arg" else t.children[0])
+            if name in _BY_NAME or name in _MACROS:
+                return True
+    return False
 
 
 def _bare_ident(node: Any) -> str | None:

@@ -38,11 +38,17 @@ def _growth(cel: CelExprEngine, text: str, args: dict[str, Any]) -> int:
 
 
 LEAKY: list[str] = [
-    # a list result, a list argument, calls in a comprehension over a computed range
+    # a list result, a list argument, calls in a comprehension over a computed range, calls on
+    # an expression of the loop variable (counting lists: leaked strings are not tracked)
     "shellSplit(args.cmd).size() == 3 && asList(args.paths).size() == 2",
     "asList(args.paths).exists(p, isSecretPath(p)) && !args.paths.all(p, urlDecode(p) != p)",
+    'args.files.all(f, shellSplit(f.dir + " x").size() == 2 && !isSecretPath(f.path))',
 ]
-ARGS = {"cmd": "git log 'a b'", "paths": ["/w/a.txt", "/w/.env"]}
+ARGS = {
+    "cmd": "git log 'a b'",
+    "paths": ["/w/a.txt", "/w/.env"],
+    "files": [{"path": "/w/a", "dir": "/w"}, {"path": "/w/b.txt", "dir": "/v"}],
+}
 
 
 @pytest.mark.parametrize("text", LEAKY)
@@ -92,6 +98,7 @@ BAD = {
     "cmd": "echo 'unterminated",
     "flag": "maybe",
     "m": {"/w/.env": 1, "/w/b": 2},
+    "objs": [{"path": "/w/.env"}, {"nopath": 1}, {"path": 3}, {"path": "http://[x"}],
 }
 SAME = [
     'urlHost(args.url) == "x"',
@@ -120,6 +127,11 @@ SAME = [
     "asBool(dyn(1u)) || true",
     "asList(dyn(1u)).size() == 1 || args.cmd.hasShellMeta()",
     "dyn(1u).exists(p, isSecretPath(p)) || true",
+    # calls on an expression of the loop variable
+    "args.objs.exists(o, isSecretPath(o.path))",
+    'args.objs.all(o, pathWithin(o.path + "/x", "/w"))',
+    'args.objs.exists(o, has(o.path) && urlDecode(string(o.path)) != "")',
+    "args.nested.exists(l, isSecretPath(l[0]))",
     # root-scoped names and calls
     'cleanPath(.args.paths[0]) == "/w/a.txt" && .cleanPath(args.url) == "http:/[oops"',
     ".args.paths.exists(p, isSecretPath(p)) && .args.n == 7",
@@ -155,10 +167,16 @@ def test_calls_on_a_loop_variable_range_over_a_computed_list_once() -> None:
     ]  # fmt: skip
 
 
-def test_a_call_on_a_field_of_the_loop_variable_stays_a_callback() -> None:
+def test_a_call_on_a_field_of_the_loop_variable_is_looked_up_by_that_field() -> None:
     found = plan('args.l.exists(p, cleanPath(p.name) == "/" && pathWithin(args.x, "/w"))')
+    assert found is not None and found.residual == 0
+    assert found.text == '__mcpfw_h0.exists(p, __mcpfw_h1[p.name] == "/" && __mcpfw_h2)'
+
+
+def test_a_call_on_a_call_of_the_loop_variable_stays_a_callback() -> None:
+    found = plan("args.l.exists(p, isSecretPath(cleanPath(p.name)))")
     assert found is not None and found.residual == 1
-    assert "cleanPath(p.name)" in found.text and "pathWithin" not in found.text
+    assert found.text == "__mcpfw_h0.exists(p, isSecretPath(__mcpfw_h1[p.name]))"
 
 
 def test_literal_true_and_false_arguments_are_rewritten_in_place() -> None:
