@@ -46,6 +46,11 @@ class _Busy(Exception):
     """Another connection holds the write lock: commit on the thread, which waits for it."""
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 _COLUMNS = (*HASHED_COLUMNS, "prev_hash", "hash")
 _INSERT = (
     f"INSERT INTO audit_events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
@@ -181,12 +186,9 @@ class SqliteWriter:
                 conn.execute(f"PRAGMA busy_timeout={timeout_ms}")
                 self._waits = wait
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if not wait and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+        except sqlite3.Error as exc:
+            if not wait and _busy(exc):
                 raise _Busy() from exc
-            self._close()  # a broken connection is reopened on the next batch
-            raise
-        except sqlite3.Error:
             self._close()  # a broken connection is reopened on the next batch
             raise
         try:
@@ -229,11 +231,13 @@ class SqliteWriter:
                     (instance, seq, prev, now),
                 )
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 self._close()
+            if not wait and isinstance(exc, sqlite3.Error) and _busy(exc):
+                raise _Busy() from exc  # nothing was committed: the thread tries again, waiting
             raise
         self._count(len(rows))
         return seq, prev
