@@ -36,6 +36,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcpfw.config import AuthConfig
 from mcpfw.proxy.auth import Authenticator, protected_resource_metadata
@@ -69,6 +70,27 @@ class FrontLimits:
     startup_timeout_s: float = 30.0
 
 
+_MCP_METHODS = frozenset({"GET", "POST", "DELETE"})
+
+
+class _McpDispatch:
+    """The outermost ASGI app: MCP paths to their handler directly, the rest to Starlette."""
+
+    __slots__ = ("fallback", "routes")
+
+    def __init__(self, routes: Mapping[str, McpRoute], fallback: Starlette) -> None:
+        self.routes = dict(routes)
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in _MCP_METHODS:
+            route = self.routes.get(scope["path"])
+            if route is not None:
+                await route(scope, receive, send)
+                return
+        await self.fallback(scope, receive, send)
+
+
 class HttpFirewall:
     """Everything `mcpfw serve` runs: upstreams, sessions, endpoints, and the ASGI app."""
 
@@ -97,8 +119,15 @@ class HttpFirewall:
 
     # --- app -----------------------------------------------------------------------------------
 
-    def app(self) -> Starlette:
-        """The ASGI app; its lifespan connects every upstream (kept until shutdown)."""
+    def app(self) -> ASGIApp:
+        """The ASGI app; its lifespan connects every upstream (kept until shutdown).
+
+        MCP requests (`/mcp`, `/mcp/<server>`; GET, POST, DELETE) go straight to their route
+        handler: Starlette's middleware and routing cost more per call than the handler's own
+        checks. Everything else (metadata, health, lifespan, 404/405/redirects) is Starlette's.
+        """
+        mcp_routes = {"/mcp": McpRoute(self, "")}
+        mcp_routes.update({f"/mcp/{name}": McpRoute(self, name) for name in self.upstreams})
         routes = [
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/readyz", self._readyz, methods=["GET"]),
@@ -108,13 +137,11 @@ class HttpFirewall:
                 self._metadata,
                 methods=["GET"],
             ),
-            Route("/mcp", McpRoute(self, ""), methods=["GET", "POST", "DELETE"]),
         ]
         routes += [
-            Route(f"/mcp/{name}", McpRoute(self, name), methods=["GET", "POST", "DELETE"])
-            for name in self.upstreams
+            Route(path, route, methods=list(_MCP_METHODS)) for path, route in mcp_routes.items()
         ]
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        return _McpDispatch(mcp_routes, Starlette(routes=routes, lifespan=self._lifespan))
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> Any:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import ByteStream, ObjectSendStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 __all__ = ["http_session"]
@@ -184,10 +184,12 @@ class _Client:
                 conn = self._idle.pop()
                 try:
                     response = await conn.request(head, body)
-                except (*_TRANSPORT_ERRORS, anyio.EndOfStream, anyio.IncompleteRead):
+                except BaseException as exc:  # a cancelled caller must not leak the connection
                     with anyio.CancelScope(shield=True):
                         await conn.stream.aclose()
-                    continue
+                    if isinstance(exc, _TRANSPORT_ERRORS):
+                        continue
+                    raise
                 return await self._finish(conn, response, deliver, expect_init)
             conn = await self._connect()
             try:
@@ -262,7 +264,6 @@ async def http_session(
     """One MCP session to a streamable-HTTP upstream as a (read, write) pair of raw dicts."""
     client = _Client(url, headers or {})
     to_reader, read = anyio.create_memory_object_stream[Any](256)
-    write, from_writer = anyio.create_memory_object_stream[Raw](256)
     gone = anyio.Event()
 
     async def deliver(message: Raw) -> None:
@@ -305,13 +306,8 @@ async def http_session(
         except (*_TRANSPORT_ERRORS, TimeoutError):
             pass
 
-    async def writer(tg: TaskGroup) -> None:
-        async with from_writer:
-            async for message in from_writer:
-                tg.start_soon(post, message, tg)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(writer, tg)
+        write = _InlineWriter(lambda message: post(message, tg))
 
         async def watch_gone() -> None:
             await gone.wait()
@@ -321,12 +317,46 @@ async def http_session(
         try:
             yield read, write
         finally:
+            write.cancel_all()
             tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 if client.session_id:
                     with suppress(*_TRANSPORT_ERRORS):
                         await client.exchange("DELETE", None, _discard)
                 await client.aclose()
+
+
+class _InlineWriter(ObjectSendStream[Raw]):
+    """The session's write side: each message is POSTed by the task that sends it.
+
+    No hand-off to a writer task and no task per request: the caller's own task writes the
+    request and reads the answer, which is delivered to the read side like any other message.
+    The caller's deadline (the shared upstream's per-call timeout) therefore bounds the whole
+    exchange, and the session's end cancels exchanges still running.
+    """
+
+    def __init__(self, post: Callable[[Raw], Awaitable[None]]) -> None:
+        self._post = post
+        self._running: set[anyio.CancelScope] = set()
+        self._closed = False
+
+    async def send(self, item: Raw) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        with anyio.CancelScope() as scope:
+            self._running.add(scope)
+            try:
+                await self._post(item)
+            finally:
+                self._running.discard(scope)
+
+    def cancel_all(self) -> None:
+        self._closed = True
+        for scope in self._running:
+            scope.cancel()
+
+    async def aclose(self) -> None:
+        self._closed = True
 
 
 async def _discard(message: Raw) -> None:
