@@ -9,6 +9,7 @@ equal to the body, else 400/-32020), or handshake-era sessions (`initialize`, th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -378,8 +379,11 @@ def _is_modern(request: _Request, body: Raw) -> bool:
 
 
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # a broken receive channel: the client is gone for our purposes
+        log.debug("receive failed while a request was in progress", exc_info=True)
     scope.cancel()
 
 
@@ -394,12 +398,13 @@ async def _respond(
 ) -> None:
     """Run `handler` and answer with JSON, or with SSE once related messages arrive first.
 
-    The handler runs in this task; a second task watches for the client going away (and
-    cancels the call); a third, the SSE pump, starts only if a message for the client arrives
-    before the answer (progress, an elicitation), so a plain call costs one extra task.
+    The handler runs in this task, inside a cancel scope; a plain asyncio task watches for the
+    client going away (and cancels that scope); a third, the SSE pump, starts only if a message
+    for the client arrives before the answer (progress, an elicitation). A plain call costs one
+    small task and no task group (an anyio task group and its cancellation cost more than the
+    rest of this function on every call; `mcpfw serve` always runs on asyncio, under uvicorn).
     """
-    pumped = anyio.Event()
-    pumping = False
+    pump_task: asyncio.Task[None] | None = None
 
     async def pump() -> None:
         assert exchange.events is not None
@@ -414,32 +419,34 @@ async def _respond(
                 await send({"type": "http.response.body", "body": _sse(message), "more_body": True})
                 continue
             await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
-        pumped.set()
 
-    async with anyio.create_task_group() as tg:
+    def start_pump() -> None:
+        nonlocal pump_task
+        pump_task = asyncio.ensure_future(pump())
 
-        def start_pump() -> None:
-            nonlocal pumping
-            pumping = True
-            tg.start_soon(pump)
-
-        exchange.on_first = start_pump
-        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-        try:
-            result = await handler()
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception:  # top-level boundary of one request: log it, answer an error
-            log.exception("internal error while handling a request")
-            result = error_message(None, -32603, "internal error in mcpfw")
-        finally:
-            exchange.finish()
-        if pumping:
-            await pumped.wait()
-            await send({"type": "http.response.body", "body": _sse(result), "more_body": False})
-        else:
-            await send_json(send, _status(result, modern), result, headers)
-        tg.cancel_scope.cancel()
+    scope = anyio.CancelScope()
+    watcher = asyncio.ensure_future(_watch_disconnect(receive, scope))
+    exchange.on_first = start_pump
+    try:
+        with scope:
+            try:
+                result = await handler()
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception:  # top-level boundary of one request: log it, answer an error
+                log.exception("internal error while handling a request")
+                result = error_message(None, -32603, "internal error in mcpfw")
+            finally:
+                exchange.finish()
+            if pump_task is not None:
+                await pump_task  # every message before the answer (a cancel here cancels it)
+                await send({"type": "http.response.body", "body": _sse(result), "more_body": False})
+            else:
+                await send_json(send, _status(result, modern), result, headers)
+    finally:
+        watcher.cancel()
+        if pump_task is not None and not pump_task.done():
+            pump_task.cancel()
 
 
 def _status(message: Raw, modern: bool) -> int:
