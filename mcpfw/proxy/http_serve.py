@@ -9,6 +9,7 @@ audit store opens. Problems raise `ServeError` with a message saying what to fix
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -196,4 +197,26 @@ async def run_uvicorn(app: Any, sock: socket.socket, *, read_timeout_s: float = 
 
     raise_open_files_limit()  # each connected agent holds a socket
     server = uvicorn_server(app, read_timeout_s=read_timeout_s, log_level=log_level)
-    await server.serve(sockets=[sock])
+    threshold = _tune_gc()
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def _tune_gc() -> tuple[int, int, int]:
+    """Fewer, cheaper cyclic garbage collections while serving.
+
+    Every call allocates a few hundred short-lived objects (dicts, coroutines, futures), so
+    CPython's default generation-0 threshold (700) runs a collection every call or two, and
+    each full collection walks every object loaded at start-up (rules, SDK, SQLAlchemy).
+    Start-up objects are frozen out of collections, and the young generation collects every
+    50 000 allocations instead: reference cycles are still collected, just in larger batches.
+    Returns the previous thresholds (restored when serving ends).
+    """
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    return threshold
