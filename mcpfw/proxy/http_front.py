@@ -165,6 +165,8 @@ class HttpFirewall:
                         for session in self.sessions.all():
                             await self._close_session(session, "firewall shutting down")
                         await self.gate.aclose()
+                        if hasattr(self.gate, "settled"):
+                            await self.gate.settled()  # every outcome written before we go
                     tg.cancel_scope.cancel()
             if hasattr(self.gate, "background"):
                 self.gate.background = None

@@ -14,9 +14,10 @@ stream (handshake era), or through the Guard's `InputRequiredResult` (2026-07-28
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -57,17 +58,25 @@ class HttpGate:
         # forwarding); the firewall's lifespan provides the task group and waits for it.
         self.background: TaskGroup | None = None
         self._writing = 0
+        self._tasks: set[asyncio.Future[None]] = set()
         self._settled = anyio.Event()
         self._settled.set()
 
-    def _later(self, finishing: Awaitable[None]) -> Awaitable[None] | None:
-        """Run an outcome write in the background when possible; else return it to await."""
+    def _later(self, finishing: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None] | None:
+        """Run an outcome write in the background when possible; else return it to await.
+
+        The write is a plain asyncio task (an anyio `start_soon` costs several times more,
+        on every call); the firewall's lifespan waits for `settled()` before the audit store
+        closes, so no outcome is lost at shutdown.
+        """
         if self.background is None:
             return finishing
 
         async def run() -> None:
             try:
                 await finishing
+            except Exception:  # boundary of a background write: log it, keep serving
+                log.exception("recording a call's outcome failed")
             finally:
                 self._writing -= 1
                 if not self._writing:
@@ -76,7 +85,9 @@ class HttpGate:
         if not self._writing:
             self._settled = anyio.Event()
         self._writing += 1
-        self.background.start_soon(run)
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._tasks.discard)
         return None
 
     async def settled(self) -> None:
