@@ -437,9 +437,10 @@ class Relay:
         cancelled = rid in self._cancelled
         self._cancelled.discard(rid)
         if cancelled:
-            await session.finish(
-                verdict, outcome=Outcome.CANCELLED, detail="cancelled by the client"
-            )
+            with anyio.move_on_after(2, shield=True):
+                await session.finish(
+                    verdict, outcome=Outcome.CANCELLED, detail="cancelled by the client"
+                )
             return
         if verdict.forward is None:
             assert verdict.response is not None
@@ -461,29 +462,32 @@ class Relay:
                     verdict, outcome=Outcome.CANCELLED, detail="mcpfw stopped during the call"
                 )
             raise
-        if not sent:
-            self._pending.pop(rid, None)
-            await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
-            await session.finish(verdict, outcome=Outcome.UPSTREAM_ERROR, detail=self.dead)
-            return
-        if not pending.done.is_set():
-            self._pending.pop(rid, None)
-            text = f"mcpfw: the upstream did not answer within {self.call_timeout_s:g} s"
-            await self._to_client(error_response(rid, TIMEOUT_CODE, text))
-            await self._to_upstream(
-                {
-                    "jsonrpc": "2.0",
-                    "method": "notifications/cancelled",
-                    "params": {"requestId": rid, "reason": "mcpfw: timed out"},
-                }
-            )
-            await session.finish(verdict, outcome=Outcome.TIMEOUT, detail=text)
-        elif pending.cancelled:
-            await session.finish(verdict, outcome=Outcome.CANCELLED, detail="cancelled")
-        elif pending.gone:
-            await session.finish(verdict, outcome=Outcome.UPSTREAM_ERROR, detail=pending.gone)
-        else:
-            await session.finish(verdict, pending.response)
+        # Whatever ends the call is answered and recorded even when mcpfw is stopping (SIGTERM
+        # may arrive with the upstream's own exit): a decided call never loses its outcome.
+        with anyio.move_on_after(5, shield=True):
+            if not sent:
+                self._pending.pop(rid, None)
+                await self._to_client(error_response(rid, UPSTREAM_UNAVAILABLE, self._gone_text()))
+                await session.finish(verdict, outcome=Outcome.UPSTREAM_ERROR, detail=self.dead)
+                return
+            if not pending.done.is_set():
+                self._pending.pop(rid, None)
+                text = f"mcpfw: the upstream did not answer within {self.call_timeout_s:g} s"
+                await self._to_client(error_response(rid, TIMEOUT_CODE, text))
+                await session.finish(verdict, outcome=Outcome.TIMEOUT, detail=text)
+                await self._to_upstream(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/cancelled",
+                        "params": {"requestId": rid, "reason": "mcpfw: timed out"},
+                    }
+                )
+            elif pending.cancelled:
+                await session.finish(verdict, outcome=Outcome.CANCELLED, detail="cancelled")
+            elif pending.gone:
+                await session.finish(verdict, outcome=Outcome.UPSTREAM_ERROR, detail=pending.gone)
+            else:
+                await session.finish(verdict, pending.response)
 
     async def _ask(self, call: ToolCall, decision: Decision) -> AskAnswer:
         """Handshake-era ask: `elicitation/create` to the client with a firewall-owned id."""
