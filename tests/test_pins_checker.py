@@ -209,3 +209,79 @@ async def test_a_bug_in_pinning_never_raises_and_fails_closed_under_block(mode: 
         "never_listed"
     )
     assert fresh.allowed is (mode is PinMode.WARN)
+
+
+class CountingStore(PinStore):
+    """The real pin store, counting lookups of single pins."""
+
+    lookups = 0
+
+    async def pin(self, server: str, tool: str) -> Any:
+        self.lookups += 1
+        return await super().pin(server, tool)
+
+
+async def test_calls_to_an_unlisted_tool_re_list_once_until_the_tools_may_have_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'pins.db'}")
+    store = CountingStore(engine)
+    await store.create_tables()
+    listed = 0
+
+    async def refresh() -> Sequence[dict[str, Any]]:
+        nonlocal listed
+        listed += 1
+        return [ADD]
+
+    now = 1000.0
+    monkeypatch.setattr("mcpfw.pins.checker.time.monotonic", lambda: now)
+    try:
+        checker = PinChecker(
+            "s", store=store, options=PinOptions(mode=PinMode.BLOCK), refresh=refresh
+        )
+        await checker.on_tools_list({"tools": [ADD]})
+        for _ in range(5):
+            verdict = await checker.check_call("ghost")
+            assert not verdict.allowed and "not been seen" in verdict.reason
+        assert (listed, store.lookups) == (1, 1)
+        checker.on_list_changed()  # the upstream's tools changed: ask again
+        assert not (await checker.check_call("ghost")).allowed
+        assert (listed, store.lookups) == (2, 2)
+        await checker.on_tools_list({"tools": [ADD]})  # a listing the client asked for
+        assert not (await checker.check_call("ghost")).allowed
+        assert (listed, store.lookups) == (3, 3)
+        now += 5.1  # past the TTL
+        assert not (await checker.check_call("ghost")).allowed
+        assert (listed, store.lookups) == (4, 4)
+        assert (await checker.check_call("add")).allowed  # listed tools are unaffected
+        for name in ("ghost", "spook", "ghost", "spook"):  # alternating names stay cached
+            assert not (await checker.check_call(name)).allowed
+        assert listed == 5
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_re_list_does_not_mark_a_tool_as_unlisted(store: PinStore) -> None:
+    attempts = 0
+
+    async def refresh() -> Sequence[dict[str, Any]]:
+        nonlocal attempts
+        attempts += 1
+        raise OSError("upstream gone")
+
+    checker = PinChecker("s", store=store, options=PinOptions(mode=PinMode.BLOCK), refresh=refresh)
+    assert not (await checker.check_call("ghost")).allowed
+    assert not (await checker.check_call("ghost")).allowed
+    assert attempts == 2
+
+
+async def test_the_unlisted_cache_is_bounded(store: PinStore) -> None:
+    async def refresh() -> Sequence[dict[str, Any]]:
+        return [ADD]
+
+    checker = PinChecker("s", store=store, options=PinOptions(mode=PinMode.BLOCK), refresh=refresh)
+    for i in range(1100):
+        assert not (await checker.check_call(f"t{i}")).allowed
+    assert len(checker._unlisted) == 1024 and "t1099" in checker._unlisted
+    assert "t0" not in checker._unlisted

@@ -14,6 +14,7 @@ definition was never verified, means the call is denied.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ _STATUS_CODES = {
     PinStatus.DUPLICATE: "pin-duplicate",
 }
 UNVERIFIED = "pin-unverified"
+_UNLISTED_MAX = 1024  # names remembered as not listed upstream (a flood evicts the oldest)
 
 _REASONS = {
     PinStatus.DRIFTED: "its definition changed since it was approved (possible rug pull)",
@@ -56,6 +58,7 @@ class PinOptions:
     trust_on_first_use: bool = True  # pin unseen tools; False: they need `mcpfw pins approve`
     refresh_timeout_s: float = 10.0  # bound on re-listing the upstream's tools ourselves
     store_timeout_s: float = 5.0  # bound on the pin store (a locked database): then unverified
+    unlisted_ttl_s: float = 5.0  # how long "not listed upstream" spares a call the re-list
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,6 +99,9 @@ class PinChecker:
         self._stale = False
         self._lock = anyio.Lock()
         self._logged: set[tuple[str, str, str, str]] = set()
+        # tools a re-list confirmed the upstream does not list -> (expiry, verdict); cleared by
+        # every tools/list result and list_changed, so calls to them skip re-list and store
+        self._unlisted: dict[str, tuple[float, PinVerdict]] = {}
 
     @property
     def pinning(self) -> bool:
@@ -170,6 +176,7 @@ class PinChecker:
                     status=status, codes=tuple(sorted(codes)), findings=found.get(name, ())
                 )
             self._stale = False
+            self._unlisted.clear()
         self._log(statuses, found)
         passed: list[Any] = tools
         if self.options.mode is PinMode.BLOCK and self.pinning:
@@ -186,6 +193,7 @@ class PinChecker:
     def on_list_changed(self) -> None:
         """The upstream said its tools changed: what we verified may be stale."""
         self._stale = True
+        self._unlisted.clear()
 
     async def check_call(self, tool: str) -> PinVerdict:
         """The pin verdict on a call to `tool` (never raises)."""
@@ -204,16 +212,24 @@ class PinChecker:
         state = self._tools.get(tool)
         block = self.options.mode is PinMode.BLOCK
         can_refresh = self.refresh is not None and self.pinning
+        relisted = False
+        if state is None and not self._stale:
+            cached = self._unlisted.get(tool)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]  # a re-list just showed it is not listed: same verdict
         if can_refresh and (
             state is None or self._stale or (block and self._blocked(state.status))
         ):
             # unknown or possibly changed; or blocked, and a human may have approved it since
-            await self._refresh()
+            relisted = await self._refresh()
             state = self._tools.get(tool)
         if not self.pinning:
             return PinVerdict(allowed=True, findings=state.codes if state else ())
         if state is None:
-            return await self._verdict_from_store(tool)
+            verdict = await self._verdict_from_store(tool)
+            if relisted and not self._stale:
+                self._remember_unlisted(tool, verdict)
+            return verdict
         if state.status is None:
             return PinVerdict(
                 allowed=not block,
@@ -230,15 +246,30 @@ class PinChecker:
             )
         return PinVerdict(allowed=True, findings=state.codes, status=str(state.status))
 
-    async def _refresh(self) -> None:
+    async def _refresh(self) -> bool:
+        """Re-list the upstream's tools and check them; whether the listing arrived."""
         assert self.refresh is not None
         try:
             with anyio.fail_after(self.options.refresh_timeout_s):
                 tools = await self.refresh()
         except (TimeoutError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             log.error("pins: server %r: cannot re-list tools: %s", self.server, exc or "timeout")
+            return False
+        unlisted = dict(self._unlisted)
+        await self.on_tools_list({"tools": list(tools)})  # clears what we knew as unlisted
+        if not self._stale:  # our own listing: what it does not list stays known as unlisted
+            for name, entry in unlisted.items():
+                if name not in self._tools:
+                    self._unlisted.setdefault(name, entry)
+        return True
+
+    def _remember_unlisted(self, tool: str, verdict: PinVerdict) -> None:
+        """Spare further calls to a tool the upstream does not list the re-list (bounded)."""
+        if self.options.unlisted_ttl_s <= 0:
             return
-        await self.on_tools_list({"tools": list(tools)})
+        if len(self._unlisted) >= _UNLISTED_MAX:
+            self._unlisted.pop(next(iter(self._unlisted)))  # the oldest entry
+        self._unlisted[tool] = (time.monotonic() + self.options.unlisted_ttl_s, verdict)
 
     async def _verdict_from_store(self, tool: str) -> PinVerdict:
         """A call to a tool not listed in this session: judge by what the store knows."""
