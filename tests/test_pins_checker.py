@@ -285,3 +285,27 @@ async def test_the_unlisted_cache_is_bounded(store: PinStore) -> None:
         assert not (await checker.check_call(f"t{i}")).allowed
     assert len(checker._unlisted) == 1024 and "t1099" in checker._unlisted
     assert "t0" not in checker._unlisted
+
+
+LONE = {"name": "add\ud800", "description": "Adds \udc00.", "inputSchema": {"type": "object"}}
+
+
+@pytest.mark.parametrize("mode", [PinMode.BLOCK, PinMode.WARN])
+async def test_a_lone_surrogate_leaves_the_tool_unverified_without_a_traceback(
+    store: PinStore, mode: PinMode, caplog: pytest.LogCaptureFixture
+) -> None:
+    checker = PinChecker("s", store=store, options=PinOptions(mode=mode))
+    oddly_described = {**ADD, "name": "sum", "description": "Sums \ud83d."}
+    out = await checker.on_tools_list({"tools": [ADD, LONE, oddly_described]})
+    assert names(out) == (["add"] if mode is PinMode.BLOCK else ["add", "add\ud800", "sum"])
+    assert [p.tool for p in await store.pins()] == ["add"]  # the others could not be stored
+    for name in ("add\ud800", "sum"):
+        verdict = await checker.check_call(name)
+        assert verdict.allowed is (mode is PinMode.WARN)
+        assert {"lone-surrogate", "pin-unverified"} <= set(verdict.findings)
+    assert (await checker.check_call("add")).allowed
+    fresh = PinChecker("s", store=store, options=PinOptions(mode=mode))
+    never = await fresh.check_call("other\udfff")  # never listed: not looked up in the store
+    assert never.allowed is (mode is PinMode.WARN) and "lone-surrogate" in never.findings
+    assert not [r for r in caplog.records if r.exc_info]
+    assert "lone surrogate" in caplog.text

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from mcpfw.pins.canonical import canonical_definition, canonical_json
 from mcpfw.pins.drift import PinMode, PinStatus
 from mcpfw.pins.errors import PinStoreError
 from mcpfw.pins.sanitize import sanitize_tools
@@ -40,6 +41,7 @@ _STATUS_CODES = {
     PinStatus.DUPLICATE: "pin-duplicate",
 }
 UNVERIFIED = "pin-unverified"
+SURROGATE = "lone-surrogate"  # text no database can store: never verified, denied under block
 _UNLISTED_MAX = 1024  # names remembered as not listed upstream (a flood evicts the oldest)
 
 _REASONS = {
@@ -144,20 +146,30 @@ class PinChecker:
             return out
         listed = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
         found = scan_tools(listed, foreign_tools=self.foreign_tools)
+        bad = {str(t["name"]) for t in listed if _has_lone_surrogate(t)}
         statuses: dict[str, PinStatus | None] = {}
         async with self._lock:
             if self.pinning:
+                for name in sorted(bad):
+                    log.error(
+                        "pins: server %r: tool %a has a lone surrogate (malformed Unicode) in "
+                        "its definition; it cannot be pinned and stays unverified",
+                        self.server,
+                        name,
+                    )
+                storable = [t for t in listed if str(t["name"]) not in bad]
                 try:
                     if self.store is None:
                         raise PinStoreError("no pin store (the audit database is unavailable)")
                     with anyio.fail_after(self.options.store_timeout_s):
                         checks = await self.store.observe(
                             self.server,
-                            listed,
+                            storable,
                             findings=found,
                             trust_on_first_use=self.options.trust_on_first_use,
                         )
                     statuses = {c.tool: c.status for c in checks}
+                    statuses.update({name: None for name in bad})
                 except TimeoutError:
                     log.error("pins: server %r: the pin store did not answer in time", self.server)
                     statuses = {str(t["name"]): None for t in listed}
@@ -168,6 +180,8 @@ class PinChecker:
                 statuses = {str(t["name"]): PinStatus.PINNED for t in listed}
             for name, status in statuses.items():
                 codes = set(finding_codes(found.get(name, ())))
+                if name in bad:
+                    codes.add(SURROGATE)
                 if status is None:
                     codes.add(UNVERIFIED)
                 elif status in _STATUS_CODES:
@@ -274,6 +288,13 @@ class PinChecker:
     async def _verdict_from_store(self, tool: str) -> PinVerdict:
         """A call to a tool not listed in this session: judge by what the store knows."""
         block = self.options.mode is PinMode.BLOCK
+        if _has_lone_surrogate({"name": tool}):
+            return PinVerdict(
+                allowed=not block,
+                findings=(SURROGATE, UNVERIFIED),
+                reason="its name has a lone surrogate (malformed Unicode) and cannot be pinned",
+                status="unverified",
+            )
         try:
             if self.store is None:
                 raise PinStoreError("no pin store (the audit database is unavailable)")
@@ -334,3 +355,12 @@ class PinChecker:
                     f.where or "/",
                     f.excerpt,
                 )
+
+
+def _has_lone_surrogate(tool: Mapping[str, Any]) -> bool:
+    """Whether a definition holds text no UTF-8 database can store (e.g. JSON "\\ud800")."""
+    try:
+        canonical_json(canonical_definition(tool)).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
