@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -214,6 +215,26 @@ class Guard:
         self.settings = settings or GuardSettings()
         self.fail_open_count = 0  # calls forwarded although the audit store failed
         self._used_states: dict[str, float] = {}  # spent approval nonces -> their expiry
+        self._used_expiries: list[tuple[float, str]] = []  # heap of the same, soonest first
+
+    def _spend_state(self, nonce: str, expiry: float) -> bool:
+        """Mark an approval state's nonce used; False if it was already used (single use).
+
+        Nonces of expired states are forgotten on the way: such a state is refused for its
+        expiry before its nonce is looked at, so memory stays bounded by the states issued in
+        the last `state_ttl_s`.
+        """
+        used, expiries = self._used_states, self._used_expiries
+        now = time.time()
+        while expiries and expiries[0][0] < now:
+            _, spent = heapq.heappop(expiries)
+            if used.get(spent, now) < now:
+                del used[spent]
+        if nonce in used:
+            return False
+        used[nonce] = expiry
+        heapq.heappush(expiries, (expiry, nonce))
+        return True
 
     async def open_session(
         self,
@@ -528,14 +549,8 @@ class GuardSession:
             return clean, {"error": "it has expired; call the tool again"}
         if payload.get("g") is True:  # approved earlier; an upstream round follows
             return clean, {"answer": "accept", "granted": True, "decision": payload.get("d")}
-        if nonce in self.guard._used_states:
+        if not self.guard._spend_state(nonce, float(payload.get("e", 0))):
             return clean, {"error": "it was already used"}
-        used = self.guard._used_states
-        if len(used) > 1024:  # forget spent nonces whose states have expired anyway
-            now = time.time()
-            for spent in [n for n, expiry in used.items() if expiry < now]:
-                del used[spent]
-        used[nonce] = float(payload.get("e", 0))
         answer = "cancel"
         reply = responses.get(APPROVAL_KEY) if isinstance(responses, dict) else None
         if isinstance(reply, dict) and reply.get("action") in ("accept", "decline", "cancel"):
