@@ -20,27 +20,26 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 __all__ = ["header_deadline_protocol"]
 
 
-class _HeaderDeadlineProtocol(H11Protocol):
+class _Deadline:
+    """The deadline itself, shared by the h11 and httptools protocols (mixed in before them)."""
+
     header_timeout_s = 30.0
     _deadline: asyncio.TimerHandle | None = None
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: Any) -> None:  # uvicorn narrows it to Transport
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm()
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:  # the request line and headers are in
-            self._disarm()
-
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing():
             self._arm()  # the next request on this keep-alive connection has the same deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm(self) -> None:
         self._disarm()
@@ -51,10 +50,23 @@ class _HeaderDeadlineProtocol(H11Protocol):
             self._deadline.cancel()
             self._deadline = None
 
+    def _waiting_for_headers(self) -> bool:
+        return True
+
     def _too_slow(self) -> None:
         self._deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._waiting_for_headers() and not self.transport.is_closing():
             self.transport.close()
+
+
+class _HeaderDeadlineProtocol(_Deadline, H11Protocol):
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the request line and headers are in
+            self._disarm()
+
+    def _waiting_for_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE
 
 
 def _httptools_protocol() -> Any:
@@ -64,40 +76,10 @@ def _httptools_protocol() -> Any:
     except ImportError:  # httptools is not installed
         return None
 
-    class HeaderDeadlineHttpTools(HttpToolsProtocol):
-        header_timeout_s = 30.0
-        _deadline: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
+    class HeaderDeadlineHttpTools(_Deadline, HttpToolsProtocol):
         def on_headers_complete(self) -> None:
             self._disarm()  # the request line and headers are in
             super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()  # the next request on this connection has the same deadline
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(self.header_timeout_s, self._too_slow)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _too_slow(self) -> None:
-            self._deadline = None
-            if not self.transport.is_closing():
-                self.transport.close()
 
     return HeaderDeadlineHttpTools
 
