@@ -424,13 +424,20 @@ class Relay:
         return "handshake", isinstance(self.client_caps.get("elicitation"), dict)
 
     async def _call(self, message: Message) -> None:
+        # The id stays in `_guarding` until the call is answered or handed to the upstream, so
+        # a client that leaves meanwhile does not get the upstream closed under a decided call.
+        try:
+            await self._guarded_call(message)
+        finally:
+            self._guarding.discard(message["id"])
+
+    async def _guarded_call(self, message: Message) -> None:
         rid = message["id"]
         try:
             session = await self._session()
             era, can_elicit = self._era(message)
             verdict = await session.check(message, era=era, can_elicit=can_elicit, ask=self._ask)
         finally:
-            self._guarding.discard(rid)
             seq = self._call_seq.pop(rid, 0)
         if self.recorder is not None and verdict.decision is not None:
             self.recorder.attach(seq, verdict.decision)
@@ -452,6 +459,7 @@ class Relay:
         self._pending[rid] = pending
         try:
             sent = await self._to_upstream(verdict.forward)
+            self._guarding.discard(rid)  # handed over: shutdown now waits on the upstream
             if sent:
                 with anyio.move_on_after(self.call_timeout_s):
                     await pending.done.wait()
