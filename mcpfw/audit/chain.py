@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mcpfw.audit.schema import HASHED_COLUMNS
-
 __all__ = [
     "GENESIS",
+    "HASHED_COLUMNS",
     "BreakKind",
     "ChainBreak",
     "ChainReport",
@@ -36,6 +35,27 @@ __all__ = [
     "event_hash",
     "verify_rows",
 ]
+
+# The `audit_events` columns the chain covers. Order matters: the canonical encoding is the
+# JSON array of these values in this order.
+HASHED_COLUMNS: tuple[str, ...] = (
+    "id",
+    "instance",
+    "seq",
+    "kind",
+    "time",
+    "session_id",
+    "agent_id",
+    "server",
+    "tool",
+    "effect",
+    "enforced",
+    "rule",
+    "shadow_effect",
+    "decision_id",
+    "outcome",
+    "data",
+)
 
 GENESIS = "0" * 64
 N_HASHED = len(HASHED_COLUMNS)

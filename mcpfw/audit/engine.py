@@ -13,9 +13,7 @@ PostgreSQL: `?schema=NAME` on the URL puts the tables in that schema (created if
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
@@ -25,23 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from mcpfw.audit.errors import AuditError
-from mcpfw.audit.urls import normalize_audit_url
+from mcpfw.audit.urls import EngineInfo, normalize_audit_url, sqlite_file_info, sync_level
 
 __all__ = ["EngineInfo", "make_engine", "safe_url"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class EngineInfo:
-    """What kind of database an engine talks to."""
-
-    url: str  # normalised, without our own options, password hidden
-    is_postgres: bool
-    sqlite_file: str | None  # None for PostgreSQL, "" for in-memory SQLite
-    schema: str | None = None
-    synchronous: str = "NORMAL"
 
 
 def safe_url(url: str | URL) -> str:
@@ -72,27 +58,11 @@ def make_engine(raw: str, *, create: bool) -> tuple[AsyncEngine, EngineInfo]:
         return engine, EngineInfo(
             url=safe_url(url), is_postgres=True, sqlite_file=None, schema=schema
         )
-    level = (sync if isinstance(sync, str) else "NORMAL").upper()
-    if level not in _SYNC_LEVELS:
-        raise AuditError(
-            f"invalid synchronous level {sync!r}: use one of {', '.join(_SYNC_LEVELS)}"
-        )
     database = url.database or ""
     memory = database in ("", ":memory:")
+    level = sync_level(sync)
     if not memory:
-        if create:
-            parent = os.path.dirname(os.path.abspath(database))
-            try:
-                os.makedirs(parent, exist_ok=True)
-            except OSError as exc:
-                raise AuditError(f"cannot create the audit directory {parent}: {exc}") from exc
-        elif not os.path.exists(database):
-            raise AuditError(
-                f"no audit database at {database}: nothing has been recorded there yet "
-                "(pass --audit PATH_OR_URL, or check the audit url in the config)"
-            )
-        elif not os.access(database, os.R_OK):
-            raise AuditError(f"the audit database {database} is not readable (permissions)")
+        sqlite_file_info(database, level, create=create)
     if memory:
         engine = create_async_engine(url, poolclass=StaticPool)
     else:

@@ -25,6 +25,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from mcpfw.audit.chain import HASHED_COLUMNS  # declared with the chain, re-exported here
+
 __all__ = [
     "HASHED_COLUMNS",
     "audit_chains",
@@ -70,26 +72,6 @@ audit_events = Table(
     Index("ix_audit_events_session", "session_id"),
     Index("ix_audit_events_agent", "agent_id"),
     Index("ix_audit_events_decision", "decision_id"),
-)
-
-# Order matters: the canonical encoding is the JSON array of these values in this order.
-HASHED_COLUMNS: tuple[str, ...] = (
-    "id",
-    "instance",
-    "seq",
-    "kind",
-    "time",
-    "session_id",
-    "agent_id",
-    "server",
-    "tool",
-    "effect",
-    "enforced",
-    "rule",
-    "shadow_effect",
-    "decision_id",
-    "outcome",
-    "data",
 )
 
 # The head of every chain, moved in the same transaction as the events it covers. It makes a

@@ -28,8 +28,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mcpfw.audit.chain import GENESIS, event_hash
-from mcpfw.audit.schema import HASHED_COLUMNS
+from mcpfw.audit.chain import GENESIS, HASHED_COLUMNS, event_hash
 
 __all__ = ["CHECKPOINT_COMMITS", "CHECKPOINT_ROWS", "ChainConflict", "HeadMissing", "SqliteWriter"]
 

@@ -1,23 +1,14 @@
-"""The async audit store: group-committed, hash-chained writes on SQLite or PostgreSQL.
+"""The async audit store: the writer (writer.py) on any database, plus migrations and queries.
 
-Writers call `record_*`; each call builds its (redacted) row, joins the pending batch and
-waits. One flush task per store takes everything pending, chains it (seq, prev_hash, hash) in
-arrival order, inserts it and moves the chain head in ONE transaction, then wakes every waiter:
-concurrent callers share commits, and a failed commit fails every caller of that batch with
-`AuditWriteError` (nothing is dropped silently). The chain head is updated with a
-compare-and-swap on its seq, so two processes that share a chain id never fork it, and on
-PostgreSQL each instance locks only its own head row: no global lock between instances.
+On PostgreSQL each instance locks only its own chain head row while committing: no global lock
+between instances. SQLite files are written through `SqliteWriter` as in `AuditWriter`;
+in-memory SQLite shares the engine's one connection.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import socket
-import sqlite3
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -25,65 +16,34 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mcpfw.audit.chain import GENESIS, event_hash
+from mcpfw.audit.chain import GENESIS, HASHED_COLUMNS, event_hash
 from mcpfw.audit.engine import EngineInfo, make_engine
 from mcpfw.audit.errors import AuditError, AuditWriteError
-from mcpfw.audit.events import (
-    decision_row,
-    outcome_row,
-    session_end_row,
-    session_start_row,
-    time_text,
-)
+from mcpfw.audit.events import time_text
 from mcpfw.audit.migrations import current_version, latest_version, migrate_sync
 from mcpfw.audit.queries import AuditReader
 from mcpfw.audit.redaction import RedactionConfig, Redactor
-from mcpfw.audit.schema import HASHED_COLUMNS, audit_chains, audit_events
-from mcpfw.audit.sqlite_writer import ChainConflict, HeadMissing, SqliteWriter
+from mcpfw.audit.schema import audit_chains, audit_events
+from mcpfw.audit.sql import Database
+from mcpfw.audit.sqlite_writer import ChainConflict, HeadMissing
 from mcpfw.audit.urls import default_audit_url
-from mcpfw.model import Agent, Decision, Outcome, ToolCall, utcnow
+from mcpfw.audit.writer import AuditWriter, default_instance, why
+from mcpfw.model import utcnow
 
 __all__ = ["AuditStore", "default_instance", "open_store"]
 
-MAX_BATCH = 2000  # events per transaction
-_CONTEXT_CACHE = 10_000  # decisions remembered to fill their outcome's session/agent/tool
-_RETRIES = 5
 
+class AuditStore(AuditWriter, AuditReader):
+    """Writes (`AuditWriter`) and reads (`AuditReader`) one audit database, of any kind."""
 
-def default_instance() -> str:
-    """This process's chain id: `host:pid`."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class _ChainConflict(Exception):
-    """Another writer moved this chain's head: reload it and chain the batch again."""
-
-
-class AuditStore(AuditReader):
-    """Writes (and, through `AuditReader`, reads) one audit database."""
+    _conflicts = (*AuditWriter._conflicts, IntegrityError)
 
     def __init__(
         self, engine: AsyncEngine, info: EngineInfo, *, instance: str, redactor: Redactor
     ) -> None:
-        super().__init__(engine, info)
-        self.instance = instance
-        self.redactor = redactor
-        self.commits = 0  # transactions committed by this store's writer
-        # (row, its writer's future, whether it starts a commit rather than lingering)
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None], bool]] = []
-        self._eager = 0  # pending rows whose writer waits for the commit (all but lingering)
-        self._due = False  # a lingering row's time is up: flush whatever is pending
-        self._timer: asyncio.TimerHandle | None = None
-        self._linger_s = 0.0
-        self._flusher: asyncio.Task[None] | None = None
-        self._head: tuple[int, str] | None = None  # (seq, hash) as last committed by us
-        self._decisions: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
-        self._sessions: dict[str, tuple[str, str]] = {}
-        self._closed = False
+        AuditWriter.__init__(self, info, instance=instance, redactor=redactor)
+        AuditReader.__init__(self, engine, info)
         self._wconn: AsyncConnection | None = None
-        self._sqlite: SqliteWriter | None = None
-        if info.sqlite_file:  # a file: the one-hop writer (in-memory shares the SA connection)
-            self._sqlite = SqliteWriter(info.sqlite_file, synchronous=info.synchronous)
 
     @classmethod
     async def open(
@@ -125,9 +85,7 @@ class AuditStore(AuditReader):
         except AuditError:
             raise
         except (SQLAlchemyError, OSError) as exc:
-            raise AuditError(
-                f"cannot open the audit database {self.info.url}: {_why(exc)}"
-            ) from exc
+            raise AuditError(f"cannot open the audit database {self.info.url}: {why(exc)}") from exc
 
     async def _up_to_date(self, *, create: bool) -> bool:
         async with self.engine.connect() as conn:
@@ -150,162 +108,17 @@ class AuditStore(AuditReader):
         """The schema version this store wrote or migrated to."""
         return latest_version()
 
-    # -- writing ------------------------------------------------------------------------------
+    # -- writing on PostgreSQL and in-memory SQLite -----------------------------------------
 
-    async def record_session_start(
-        self,
-        *,
-        session_id: str,
-        agent: Agent,
-        server: str,
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
-        """A session opened: who, through which transport, to which upstream."""
-        row = session_start_row(
-            self.redactor,
-            session_id=session_id,
-            agent=agent,
-            server=server,
-            detail=detail,
-            when=utcnow(),
-        )
-        self._sessions[session_id] = (agent.id, server)
-        await self._write(row)
+    def database(self) -> Database:
+        from mcpfw.audit.sql_sa import SaDatabase
 
-    async def record_decision(self, call: ToolCall, decision: Decision) -> None:
-        """Write-ahead: returns once the decision event is committed (group-committed)."""
-        row = decision_row(self.redactor, call, decision)
-        self._decisions[decision.id] = (call.session_id, call.agent.id, call.server, call.tool)
-        if len(self._decisions) > _CONTEXT_CACHE:
-            self._decisions.popitem(last=False)
-        await self._write(row)
+        return SaDatabase(self.engine)
 
-    async def record_outcome(
-        self,
-        decision_id: str,
-        outcome: Outcome,
-        *,
-        latency_ms: float | None = None,
-        is_error: bool | None = None,
-        result: Any = None,
-        detail: str = "",
-        linger_s: float = 0.0,
-    ) -> None:
-        """What happened to a decided call; stores a digest of the result, never the result.
-
-        With `linger_s`, the event may wait that long for another write to share its commit
-        (the next call's decision, say) instead of starting a commit of its own, which the next
-        decision would then queue behind. It is committed when this returns, either way.
-        """
-        row = outcome_row(
-            self.redactor,
-            decision_id=decision_id,
-            outcome=outcome,
-            latency_ms=latency_ms,
-            is_error=is_error,
-            result=result,
-            detail=detail,
-            context=self._decisions.pop(decision_id, None),
-            when=utcnow(),
-        )
-        await self._write(row, linger_s=linger_s)
-
-    async def record_session_end(self, session_id: str, *, reason: str = "") -> None:
-        """A session closed."""
-        row = session_end_row(
-            self.redactor,
-            session_id=session_id,
-            reason=reason,
-            context=self._sessions.pop(session_id, None),
-            when=utcnow(),
-        )
-        await self._write(row)
-
-    async def aclose(self) -> None:
-        """Wait for pending writes, then close the connections."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        self._kick()  # lingering rows are written now
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            await asyncio.wait({flusher})
+    async def _close_backend(self) -> None:
         await self._drop_writer()
-        if self._sqlite is not None:
-            await self._sqlite.aclose()
+        await super()._close_backend()
         await self.engine.dispose()
-
-    async def _write(self, row: dict[str, Any], *, linger_s: float = 0.0) -> None:
-        # The first writer commits at once; writers arriving while a commit is in flight queue
-        # up and share the next one. A lingering row starts no commit: it rides along with the
-        # next one, or its timer starts one.
-        if self._closed:
-            raise AuditWriteError("the audit store is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        row["instance"] = self.instance
-        eager = linger_s <= 0 or len(self._pending) >= MAX_BATCH
-        self._pending.append((row, future, eager))
-        if eager:
-            self._eager += 1
-            self._start_flusher(loop)
-        else:
-            self._linger_s = linger_s
-            if self._timer is None:
-                self._timer = loop.call_later(linger_s, self._kick)
-        await future
-
-    def _kick(self) -> None:
-        """Flush whatever is pending now, lingering rows included."""
-        self._timer = None
-        if self._pending:
-            self._due = True
-            self._start_flusher(asyncio.get_running_loop())
-
-    def _start_flusher(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_loop())
-
-    async def _flush_loop(self) -> None:
-        try:
-            await self._flush_batches()
-        finally:
-            if self._pending and self._timer is None and not self._closed:
-                # only lingering rows are left: their timer writes them
-                self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._kick)
-
-    async def _flush_batches(self) -> None:
-        while self._pending and (self._eager > 0 or self._due or self._closed):
-            self._due = False
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
-            self._eager -= sum(1 for _, _, eager in batch if eager)
-            error: BaseException | None = None
-            try:
-                await self._commit([row for row, _, _ in batch])
-            except BaseException as exc:  # every waiter of the batch must hear of it
-                error = exc
-                self._head = None
-            for _, future, _ in batch:
-                if future.done():
-                    continue  # the caller was cancelled
-                if error is None:
-                    future.set_result(None)
-                elif isinstance(error, AuditWriteError):
-                    future.set_exception(error)
-                else:
-                    wrapped = AuditWriteError(f"audit commit failed: {_why(error)}")
-                    wrapped.__cause__ = error
-                    future.set_exception(wrapped)
-            if error is not None and not isinstance(error, Exception):
-                for _, future, _ in self._pending:
-                    if not future.done():
-                        future.set_exception(AuditWriteError("the audit writer was stopped"))
-                self._pending.clear()
-                self._eager = 0
-                raise error
 
     async def _writer(self) -> AsyncConnection:
         # One connection held for the writer's lifetime: no pool checkout/reset per commit.
@@ -320,29 +133,15 @@ class AuditStore(AuditReader):
             with contextlib.suppress(SQLAlchemyError, OSError):  # broken: the pool drops it
                 await conn.close()
 
-    async def _commit(self, rows: list[dict[str, Any]]) -> None:
-        for _ in range(_RETRIES):
-            try:
-                if self._sqlite is not None:
-                    head = await self._sqlite.commit(
-                        self.instance, self._head, rows, time_text(utcnow())
-                    )
-                else:
-                    conn = await self._writer()
-                    async with conn.begin():
-                        head = await self._chain(conn, rows)
-                self._head = head
-                self.commits += 1
-                return
-            except (_ChainConflict, ChainConflict, IntegrityError, sqlite3.IntegrityError):
-                self._head = None  # someone else advanced this chain: reload and retry
-            except BaseException:
-                await self._drop_writer()
-                raise
-        raise AuditWriteError(
-            f"audit chain {self.instance!r} kept changing under this writer: another process "
-            "is writing with the same instance id"
-        )
+    async def _commit_once(self, rows: list[dict[str, Any]]) -> tuple[int, str]:
+        if self._sqlite is not None:
+            return await super()._commit_once(rows)
+        conn = await self._writer()
+        async with conn.begin():
+            return await self._chain(conn, rows)
+
+    async def _commit_failed(self) -> None:
+        await self._drop_writer()
 
     async def _chain(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> tuple[int, str]:
         # Lock this chain's head row first (PostgreSQL: FOR UPDATE, one row per instance, no
@@ -386,15 +185,8 @@ class AuditStore(AuditReader):
             .values(seq=seq, hash=prev, updated=now)
         )
         if result.rowcount != 1:
-            raise _ChainConflict()
+            raise ChainConflict()
         return seq, prev
-
-
-def _why(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    return (
-        str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else type(exc).__name__
-    )
 
 
 def open_store(

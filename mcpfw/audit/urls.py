@@ -1,13 +1,41 @@
-"""Where the audit log lives: the default SQLite file and URL normalisation."""
+"""Where the audit log lives: the default SQLite file, URL normalisation, SQLite file checks.
+
+Nothing here imports SQLAlchemy: `mcpfw run` opens a SQLite audit file without it.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, unquote
 
 from mcpfw.audit.errors import AuditError
 
-__all__ = ["default_audit_url", "normalize_audit_url", "sqlite_path"]
+__all__ = [
+    "SYNC_LEVELS",
+    "EngineInfo",
+    "default_audit_url",
+    "normalize_audit_url",
+    "sqlite_file",
+    "sqlite_file_info",
+    "sqlite_path",
+    "sync_level",
+]
+
+SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineInfo:
+    """What kind of database an engine talks to."""
+
+    url: str  # normalised, without our own options, password hidden
+    is_postgres: bool
+    sqlite_file: str | None  # None for PostgreSQL, "" for in-memory SQLite
+    schema: str | None = None
+    synchronous: str = "NORMAL"
+
 
 _SQLITE = "sqlite+aiosqlite://"
 _POSTGRES = "postgresql+asyncpg://"
@@ -52,3 +80,49 @@ def sqlite_path(url: str) -> str | None:
     if rest in ("", "/", "/:memory:"):
         return ""
     return rest[1:] if rest.startswith("/") else rest
+
+
+def sqlite_file(raw: str) -> tuple[str, dict[str, list[str]]] | None:
+    """The file path and query options of a SQLite file URL (or path); None for anything else
+    (PostgreSQL, in-memory SQLite). Percent-escapes in the path are decoded, as SQLAlchemy does.
+    """
+    url = normalize_audit_url(raw)
+    if not url.startswith(_SQLITE):
+        return None
+    rest, _, query = url[len(_SQLITE) :].partition("?")
+    database = unquote(rest[1:]) if rest.startswith("/") else unquote(rest)
+    if database in ("", ":memory:"):
+        return None
+    return database, parse_qs(query, keep_blank_values=True)
+
+
+def sync_level(value: object) -> str:
+    """The `?synchronous=` option of a SQLite URL, checked (default NORMAL)."""
+    level = (value if isinstance(value, str) else "NORMAL").upper()
+    if level not in SYNC_LEVELS:
+        raise AuditError(
+            f"invalid synchronous level {value!r}: use one of {', '.join(SYNC_LEVELS)}"
+        )
+    return level
+
+
+def sqlite_file_info(database: str, synchronous: object, *, create: bool) -> EngineInfo:
+    """Check a SQLite audit file (and its `synchronous` option) before opening it: with create,
+    make its directory; without, it must exist and be readable. Raises `AuditError`."""
+    level = sync_level(synchronous)
+    if create:
+        parent = os.path.dirname(os.path.abspath(database))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise AuditError(f"cannot create the audit directory {parent}: {exc}") from exc
+    elif not os.path.exists(database):
+        raise AuditError(
+            f"no audit database at {database}: nothing has been recorded there yet "
+            "(pass --audit PATH_OR_URL, or check the audit url in the config)"
+        )
+    elif not os.access(database, os.R_OK):
+        raise AuditError(f"the audit database {database} is not readable (permissions)")
+    return EngineInfo(
+        url=_SQLITE + "/" + database, is_postgres=False, sqlite_file=database, synchronous=level
+    )

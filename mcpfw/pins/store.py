@@ -1,30 +1,54 @@
 """Pins in the audit database: one row per (server, tool), plus a history of pin events.
 
-Works on any SQLAlchemy async engine the audit store uses (SQLite or PostgreSQL). Several
-firewall processes may share one database: first-use pinning tolerates a concurrent insert of
-the same pin, and every change is a single transaction.
+Works on the audit store's `database()` (sql.py): plain `sqlite3` under `mcpfw run`, a
+SQLAlchemy engine elsewhere (SQLite or PostgreSQL); an engine can be passed directly too.
+Several firewall processes may share one database: first-use pinning tolerates a concurrent
+insert of the same pin, and every change is a single transaction.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
+from mcpfw.audit.sql import Database, DuplicateKey, SqlError, Transaction
 from mcpfw.model import utcnow
 from mcpfw.pins.canonical import canonical_definition, definition_digest
 from mcpfw.pins.drift import Pin, PinStatus, ToolCheck, canonical_text, compare
 from mcpfw.pins.errors import PinStoreError
 from mcpfw.pins.scanner import Finding, finding_dict
-from mcpfw.pins.tables import pin_events, tool_pins
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["PinEvent", "PinStore", "PinStoreError"]
+
+_PIN_COLUMNS = (
+    "server",
+    "tool",
+    "digest",
+    "definition",
+    "approved_by",
+    "approved_at",
+    "first_seen",
+    "seen_digest",
+    "seen_definition",
+    "seen_at",
+    "findings",
+)
+_INSERT_PIN = (
+    f"INSERT INTO tool_pins ({', '.join(_PIN_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _PIN_COLUMNS)})"
+)
+_INSERT_EVENT = (
+    "INSERT INTO tool_pin_events "
+    "(time, server, tool, kind, digest, previous_digest, actor, detail) "
+    "VALUES (:time, :server, :tool, :kind, :digest, :previous_digest, :actor, :detail)"
+)
+_PINS = "SELECT * FROM tool_pins"
+_ORDER = " ORDER BY server, tool"
 
 
 class PinEvent(dict[str, Any]):
@@ -44,62 +68,74 @@ def _json(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-def _pin(row: Any) -> Pin:
-    findings = _json(row.findings) or []
+def _pin(row: Mapping[str, Any]) -> Pin:
+    findings = _json(row["findings"]) or []
     return Pin(
-        server=row.server,
-        tool=row.tool,
-        digest=row.digest or "",
-        definition=_json(row.definition),
-        approved_by=row.approved_by or "",
-        approved_at=_aware(row.approved_at),
-        first_seen=_aware(row.first_seen),
-        seen_digest=row.seen_digest or "",
-        seen_definition=_json(row.seen_definition),
-        seen_at=_aware(row.seen_at),
+        server=row["server"],
+        tool=row["tool"],
+        digest=row["digest"] or "",
+        definition=_json(row["definition"]),
+        approved_by=row["approved_by"] or "",
+        approved_at=_aware(row["approved_at"]),
+        first_seen=_aware(row["first_seen"]),
+        seen_digest=row["seen_digest"] or "",
+        seen_definition=_json(row["seen_definition"]),
+        seen_at=_aware(row["seen_at"]),
         findings=tuple(findings),
     )
 
 
+def _where(server: str | None, tool: str | None) -> tuple[str, dict[str, Any]]:
+    """A WHERE clause for an optional server and tool (empty when both are None)."""
+    terms, params = [], {}
+    if server is not None:
+        terms.append("server = :server")
+        params["server"] = server
+    if tool is not None:
+        terms.append("tool = :tool")
+        params["tool"] = tool
+    return (" WHERE " + " AND ".join(terms) if terms else ""), params
+
+
 class PinStore:
-    """Read and change pins through an async engine (the audit store's `engine`)."""
+    """Read and change pins in the audit database (a `Database`, or an async engine)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, database: Database | AsyncEngine) -> None:
+        if isinstance(database, Database):
+            self.database: Database = database
+        else:
+            from mcpfw.audit.sql_sa import SaDatabase
 
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE),
-        so concurrent writers wait (busy timeout) instead of failing to upgrade a read lock."""
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
-            async with conn.begin():
-                yield conn
+            self.database = SaDatabase(database)
 
     async def create_tables(self) -> None:
         """Create the pin tables if missing (the audit migrations do this for real stores)."""
-        async with self._writing() as conn:
+        from mcpfw.audit.sql_sa import SaDatabase
+
+        if not isinstance(self.database, SaDatabase):
+            raise PinStoreError("create_tables needs an engine: open the store with open_store")
+        from mcpfw.pins.tables import pin_events, tool_pins
+
+        async with self.database.engine.begin() as conn:
             await conn.run_sync(
                 lambda sync: tool_pins.metadata.create_all(
                     sync, tables=[tool_pins, pin_events], checkfirst=True
                 )
             )
 
+    async def _read(self, what: str, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        try:
+            async with self.database.transaction() as tx:
+                return await tx.rows(sql, params)
+        except SqlError as exc:
+            raise PinStoreError(f"cannot read {what}: {exc}") from exc
+
     # ------------------------------------------------------------------ reading
 
     async def pins(self, server: str | None = None, tool: str | None = None) -> list[Pin]:
         """Pins ordered by server and tool, optionally for one server (and one tool)."""
-        query = select(tool_pins).order_by(tool_pins.c.server, tool_pins.c.tool)
-        if server is not None:
-            query = query.where(tool_pins.c.server == server)
-        if tool is not None:
-            query = query.where(tool_pins.c.tool == tool)
-        try:
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(query)).all()
-        except SQLAlchemyError as exc:
-            raise PinStoreError(f"cannot read pins: {exc}") from exc
-        return [_pin(row) for row in rows]
+        where, params = _where(server, tool)
+        return [_pin(row) for row in await self._read("pins", _PINS + where + _ORDER, params)]
 
     async def pin(self, server: str, tool: str) -> Pin | None:
         """One pin, or None."""
@@ -108,28 +144,16 @@ class PinStore:
 
     async def tool_names(self, *, exclude_server: str) -> set[str]:
         """Names of the tools pinned for every other server (for shadowing checks)."""
-        query = select(tool_pins.c.tool).where(tool_pins.c.server != exclude_server)
-        try:
-            async with self.engine.connect() as conn:
-                return {row.tool for row in (await conn.execute(query)).all()}
-        except SQLAlchemyError as exc:
-            raise PinStoreError(f"cannot read pins: {exc}") from exc
+        sql = "SELECT tool FROM tool_pins WHERE server <> :server"
+        return {row["tool"] for row in await self._read("pins", sql, {"server": exclude_server})}
 
     async def events(self, server: str | None = None, tool: str | None = None) -> list[PinEvent]:
         """The pin history, oldest first."""
-        query = select(pin_events).order_by(pin_events.c.id)
-        if server is not None:
-            query = query.where(pin_events.c.server == server)
-        if tool is not None:
-            query = query.where(pin_events.c.tool == tool)
-        try:
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(query)).all()
-        except SQLAlchemyError as exc:
-            raise PinStoreError(f"cannot read pin events: {exc}") from exc
+        where, params = _where(server, tool)
+        sql = "SELECT * FROM tool_pin_events" + where + " ORDER BY id"
         out = []
-        for row in rows:
-            event = PinEvent(row._asdict())
+        for row in await self._read("pin events", sql, params):
+            event = PinEvent(row)
             event["time"] = _aware(event["time"])
             out.append(event)
         return out
@@ -149,39 +173,35 @@ class PinStore:
         A listing identical to the last one seen is only read, never written: agents list
         tools often, and a write would take the database's write lock every time.
         """
-        try:
-            async with self.engine.connect() as conn:
-                query = select(tool_pins).where(tool_pins.c.server == server)
-                pins = {row.tool: _pin(row) for row in (await conn.execute(query)).all()}
-        except SQLAlchemyError as exc:
-            raise PinStoreError(f"cannot read pins: {exc}") from exc
+        where, params = _where(server, None)
+        pins = {row["tool"]: _pin(row) for row in await self._read("pins", _PINS + where, params)}
         checks = compare(pins, tools, trust_on_first_use=trust_on_first_use)
         if all(c.tool in pins and pins[c.tool].seen_digest == c.digest for c in checks):
             return checks
         for attempt in range(3):
             try:
-                async with self._writing() as conn:
+                async with self.database.transaction(write=True) as tx:
                     return await self._observe(
-                        conn, server, tools, findings or {}, trust_on_first_use
+                        tx, server, tools, findings or {}, trust_on_first_use
                     )
-            except IntegrityError:
+            except DuplicateKey:
                 if attempt == 2:
                     raise PinStoreError("pins keep changing under us; giving up") from None
                 continue  # another firewall pinned the same tool first: compare again
-            except SQLAlchemyError as exc:
+            except SqlError as exc:
                 raise PinStoreError(f"cannot record pins: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _observe(
         self,
-        conn: AsyncConnection,
+        tx: Transaction,
         server: str,
         tools: Sequence[Mapping[str, Any]],
         findings: Mapping[str, Sequence[Finding]],
         trust_on_first_use: bool,
     ) -> list[ToolCheck]:
-        rows = (await conn.execute(select(tool_pins).where(tool_pins.c.server == server))).all()
-        pins = {row.tool: _pin(row) for row in rows}
+        where, params = _where(server, None)
+        pins = {row["tool"]: _pin(row) for row in await tx.rows(_PINS + where, params)}
         checks = compare(pins, tools, trust_on_first_use=trust_on_first_use)
         now = _ts(utcnow())
         for check in checks:
@@ -190,60 +210,42 @@ class PinStore:
             pin = pins.get(check.tool)
             if pin is None:
                 trusted = check.status is PinStatus.NEW
-                await conn.execute(
-                    insert(tool_pins).values(
-                        server=server,
-                        tool=check.tool,
-                        digest=check.digest if trusted else "",
-                        definition=text if trusted else None,
-                        approved_by="tofu" if trusted else "",
-                        approved_at=now if trusted else None,
-                        first_seen=now,
-                        seen_digest=check.digest,
-                        seen_definition=text,
-                        seen_at=now,
-                        findings=found,
-                    )
+                await tx.execute(
+                    _INSERT_PIN,
+                    {
+                        "server": server,
+                        "tool": check.tool,
+                        "digest": check.digest if trusted else "",
+                        "definition": text if trusted else None,
+                        "approved_by": "tofu" if trusted else "",
+                        "approved_at": now if trusted else None,
+                        "first_seen": now,
+                        "seen_digest": check.digest,
+                        "seen_definition": text,
+                        "seen_at": now,
+                        "findings": found,
+                    },
                 )
                 kind = "pinned" if trusted else "unapproved"
-                await self._event(conn, server, check.tool, kind, check.digest, "", "tofu", found)
+                await _event(tx, server, check.tool, kind, check.digest, "", "tofu", found)
                 continue
             if pin.seen_digest != check.digest and check.status is not PinStatus.PINNED:
                 kind = "duplicate" if check.status is PinStatus.DUPLICATE else "drift"
                 if pin.digest:
-                    await self._event(
-                        conn, server, check.tool, kind, check.digest, pin.digest, "", found
-                    )
-            await conn.execute(
-                update(tool_pins)
-                .where(tool_pins.c.server == server, tool_pins.c.tool == check.tool)
-                .values(seen_digest=check.digest, seen_definition=text, seen_at=now, findings=found)
+                    await _event(tx, server, check.tool, kind, check.digest, pin.digest, "", found)
+            await tx.execute(
+                "UPDATE tool_pins SET seen_digest = :seen_digest, seen_definition = :text, "
+                "seen_at = :now, findings = :findings WHERE server = :server AND tool = :tool",
+                {
+                    "seen_digest": check.digest,
+                    "text": text,
+                    "now": now,
+                    "findings": found,
+                    "server": server,
+                    "tool": check.tool,
+                },
             )
         return checks
-
-    async def _event(
-        self,
-        conn: AsyncConnection,
-        server: str,
-        tool: str,
-        kind: str,
-        digest: str,
-        previous: str,
-        actor: str,
-        detail: str = "",
-    ) -> None:
-        await conn.execute(
-            insert(pin_events).values(
-                time=_ts(utcnow()),
-                server=server,
-                tool=tool,
-                kind=kind,
-                digest=digest,
-                previous_digest=previous,
-                actor=actor,
-                detail=detail,
-            )
-        )
 
     # ------------------------------------------------------------------ human decisions
 
@@ -256,33 +258,21 @@ class PinStore:
         so what gets approved is exactly what the human reviewed.
         """
         changed: list[Pin] = []
+        where, params = _where(server, tool)
         try:
-            async with self._writing() as conn:
-                query = select(tool_pins).where(tool_pins.c.server == server)
-                if tool is not None:
-                    query = query.where(tool_pins.c.tool == tool)
-                for row in (await conn.execute(query)).all():
+            async with self.database.transaction(write=True) as tx:
+                for row in await tx.rows(_PINS + where + _ORDER, params):
                     pin = _pin(row)
                     if not pin.seen_digest or pin.seen_digest == pin.digest:
                         continue
                     if digest_prefix and not pin.seen_digest.startswith(digest_prefix):
                         continue
-                    now = _ts(utcnow())
-                    await conn.execute(
-                        update(tool_pins)
-                        .where(tool_pins.c.server == server, tool_pins.c.tool == pin.tool)
-                        .values(
-                            digest=pin.seen_digest,
-                            definition=row.seen_definition,
-                            approved_by=actor,
-                            approved_at=now,
-                        )
-                    )
-                    await self._event(
-                        conn, server, pin.tool, "approved", pin.seen_digest, pin.digest, actor
-                    )
+                    await _approve(tx, server, pin.tool, pin.seen_digest, row["seen_definition"],
+                                   actor)  # fmt: skip
+                    await _event(tx, server, pin.tool, "approved", pin.seen_digest, pin.digest,
+                                 actor)  # fmt: skip
                     changed.append(pin)
-        except SQLAlchemyError as exc:
+        except SqlError as exc:
             raise PinStoreError(f"cannot approve pins: {exc}") from exc
         return changed
 
@@ -292,57 +282,87 @@ class PinStore:
         """Pin the given definitions as approved (before or instead of first use)."""
         names: list[str] = []
         try:
-            async with self._writing() as conn:
+            async with self.database.transaction(write=True) as tx:
                 for tool in tools:
                     name = tool.get("name")
                     if not isinstance(name, str) or not name:
                         raise PinStoreError("every tool definition needs a string `name`")
                     digest = definition_digest(tool)
                     text = canonical_text(canonical_definition(tool))
-                    now = _ts(utcnow())
-                    row = (
-                        await conn.execute(
-                            select(tool_pins).where(
-                                tool_pins.c.server == server, tool_pins.c.tool == name
-                            )
-                        )
-                    ).first()
-                    values = {
-                        "digest": digest,
-                        "definition": text,
-                        "approved_by": actor,
-                        "approved_at": now,
-                    }
-                    if row is None:
-                        await conn.execute(
-                            insert(tool_pins).values(
-                                server=server, tool=name, first_seen=None, findings="[]", **values
-                            )
-                        )
+                    where, params = _where(server, name)
+                    rows = await tx.rows(_PINS + where, params)
+                    if rows:
+                        await _approve(tx, server, name, digest, text, actor)
                     else:
-                        await conn.execute(
-                            update(tool_pins)
-                            .where(tool_pins.c.server == server, tool_pins.c.tool == name)
-                            .values(**values)
+                        await tx.execute(
+                            _INSERT_PIN,
+                            {
+                                **dict.fromkeys(_PIN_COLUMNS),
+                                "server": server,
+                                "tool": name,
+                                "digest": digest,
+                                "definition": text,
+                                "approved_by": actor,
+                                "approved_at": _ts(utcnow()),
+                                "findings": "[]",
+                            },
                         )
-                    previous = row.digest if row is not None else ""
-                    await self._event(conn, server, name, "approved", digest, previous or "", actor)
+                    previous = rows[0]["digest"] if rows else ""
+                    await _event(tx, server, name, "approved", digest, previous or "", actor)
                     names.append(name)
-        except SQLAlchemyError as exc:
+        except SqlError as exc:
             raise PinStoreError(f"cannot pre-approve pins: {exc}") from exc
         return names
 
     async def reset(self, server: str | None = None, tool: str | None = None, *, actor: str) -> int:
         """Forget pins (all, one server's, or one tool's); they are re-pinned on next sight."""
-        query = delete(tool_pins)
-        if server is not None:
-            query = query.where(tool_pins.c.server == server)
-        if tool is not None:
-            query = query.where(tool_pins.c.tool == tool)
+        where, params = _where(server, tool)
         try:
-            async with self._writing() as conn:
-                count = (await conn.execute(query)).rowcount or 0
-                await self._event(conn, server or "*", tool or "*", "reset", "", "", actor)
-        except SQLAlchemyError as exc:
+            async with self.database.transaction(write=True) as tx:
+                count = await tx.execute("DELETE FROM tool_pins" + where, params)
+                await _event(tx, server or "*", tool or "*", "reset", "", "", actor)
+        except SqlError as exc:
             raise PinStoreError(f"cannot reset pins: {exc}") from exc
-        return int(count)
+        return count
+
+
+async def _approve(
+    tx: Transaction, server: str, tool: str, digest: str, definition: str | None, actor: str
+) -> None:
+    await tx.execute(
+        "UPDATE tool_pins SET digest = :digest, definition = :definition, "
+        "approved_by = :actor, approved_at = :now WHERE server = :server AND tool = :tool",
+        {
+            "digest": digest,
+            "definition": definition,
+            "actor": actor,
+            "now": _ts(utcnow()),
+            "server": server,
+            "tool": tool,
+        },
+    )
+
+
+async def _event(
+    tx: Transaction,
+    server: str,
+    tool: str,
+    kind: str,
+    digest: str,
+    previous: str,
+    actor: str,
+    detail: str = "",
+) -> None:
+    await tx.execute(
+        _INSERT_EVENT,
+        {
+            "time": _ts(utcnow()),
+            "server": server,
+            "tool": tool,
+            "kind": kind,
+            "digest": digest,
+            "previous_digest": previous,
+            "actor": actor,
+            "detail": detail,
+        },
+    )
