@@ -65,7 +65,7 @@ from mcpfw.proxy.messages import (
 )
 
 if TYPE_CHECKING:
-    from mcpfw.audit import AuditStore
+    from mcpfw.audit import AuditWriter
     from mcpfw.policy import RuleSet
 
 __all__ = [
@@ -203,7 +203,7 @@ class Guard:
         self,
         *,
         rules: RuleSource,
-        store: AuditStore | None,
+        store: AuditWriter | None,
         settings: GuardSettings | None = None,
         store_error: str = "",
         pins: PinGate | None = None,
