@@ -13,8 +13,9 @@ imported on first use, so importing this package costs nothing.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mcpfw.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from mcpfw.audit.chain import ChainBreak, ChainReport, VerifyReport
@@ -88,10 +89,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mcpfw.audit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"mcpfw.audit.{module}"), name)
-    globals()[name] = value  # resolved once
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -7,14 +7,15 @@
 - `compare(pins, tools)`: pure drift detection; `PinStore`: pins in the audit database.
 - `PinChecker`: the runtime hook used by the relay (`tools/list`) and the guard (`tools/call`).
 
-`PinStore`, `PinEvent` and `open_pin_store` are imported on first use: they pull in SQLAlchemy,
-which `mcpfw run` must not pay for before its first answer.
+`PinStore`, `PinEvent` and `open_pin_store` are imported on first use (`open_pin_store` pulls
+in SQLAlchemy, which `mcpfw run` never loads on SQLite).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mcpfw.lazy import lazy_attributes
 from mcpfw.pins.canonical import (
     PINNED_FIELDS,
     canonical_definition,
@@ -71,17 +72,7 @@ __all__ = [
     "scan_tools",
 ]
 
-_LAZY = {
-    "PinStore": "mcpfw.pins.store",
-    "PinEvent": "mcpfw.pins.store",
-    "open_pin_store": "mcpfw.pins.open",
-}
+_LAZY = {"PinStore": "store", "PinEvent": "store", "open_pin_store": "open"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mcpfw.pins' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)
