@@ -110,6 +110,9 @@ async def open_http_firewall(
                     audit_timeout_s=config.audit.timeout_s,
                     ask_timeout_s=config.ask_timeout_s,
                     hide_denied=config.hide_denied,
+                    # Outcomes are written after the answer is sent; lingering lets each ride
+                    # along with the next decision's commit instead of starting its own.
+                    outcome_linger_s=0.02,
                 ),
                 pins=pins[name],
             )

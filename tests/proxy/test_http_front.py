@@ -449,3 +449,22 @@ async def test_a_session_follows_the_roles_of_the_token_on_each_request(tmp_path
     assert before["result"].get("isError") is not True
     assert after["result"]["isError"] is True
     assert "rule 'default'" in after["result"]["content"][0]["text"]
+
+
+async def test_outcomes_linger_for_a_shared_commit_and_every_call_still_gets_one(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(WAIT):
+        async with serving(write_config(tmp_path)) as served, httpx.AsyncClient() as http:
+            guards = served.firewall.gate.guards  # type: ignore[attr-defined]
+            rpc = Rpc(http, served.mcp("fs"), token("ci-bot"))
+            await rpc.initialize()
+            for n in range(5):
+                await rpc.request("tools/call", {"name": "echo", "arguments": {"n": n}})
+            await served.firewall.gate.settled()  # type: ignore[attr-defined]
+            store = served.firewall.audit_store
+            decisions = await store.list_events(EventFilter(kinds=("decision",)), limit=10)
+            outcomes = await store.list_events(EventFilter(kinds=("outcome",)), limit=10)
+    assert all(g.settings.outcome_linger_s > 0 for g in guards.values())
+    assert sorted(o.decision_id for o in outcomes) == sorted(d.id for d in decisions)
+    assert [o.outcome for o in outcomes] == ["forwarded"] * 5
