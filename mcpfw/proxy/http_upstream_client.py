@@ -145,7 +145,9 @@ class _Client:
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._idle: list[_Conn] = []
-        self._slots = anyio.Semaphore(_MAX_CONNECTIONS)
+        # fast_acquire: a free slot is taken without yielding to the event loop (the request
+        # then waits on the socket anyway); anyio's default yields once on every acquire.
+        self._slots = anyio.Semaphore(_MAX_CONNECTIONS, fast_acquire=True)
         self._ssl = ssl.create_default_context() if self.tls else None
 
     async def _connect(self) -> _Conn:
@@ -222,7 +224,7 @@ class _Client:
             else:
                 data = b"".join([chunk async for chunk in conn.body(response)])
                 if data and kind == "application/json":
-                    await _deliver_json(data, deliver)
+                    await _deliver_json(data, deliver, answer=True)
             ok = response.keep_alive
             return response.status
         finally:
@@ -238,11 +240,15 @@ class _Client:
         self._idle.clear()
 
 
-async def _deliver_json(data: bytes, deliver: Any) -> None:
+async def _deliver_json(data: bytes, deliver: Any, *, answer: bool = False) -> None:
+    """Deliver the messages of a JSON body; `answer`: the whole body of a JSON answer."""
     try:
         value = json.loads(data)
     except ValueError as exc:
         log.warning("upstream sent invalid JSON: %s", exc)
+        return
+    if answer and isinstance(value, dict):
+        await deliver(value, answer=True)  # the one message of a JSON answer
         return
     for message in value if isinstance(value, list) else [value]:
         if isinstance(message, dict):
@@ -275,10 +281,16 @@ async def http_session(
     to_reader, read = anyio.create_memory_object_stream[Any](256)
     gone = anyio.Event()
 
-    async def deliver(message: Raw) -> None:
+    async def deliver(message: Raw, *, answer: bool = False) -> None:
         result = message.get("result")
         if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
             client.protocol_version = client.protocol_version or result["protocolVersion"]
+        # The whole answer to a POST, as JSON: nothing else came on its connection, so it may
+        # go straight to the caller waiting for it (no hop through the read stream and its
+        # reader task). SSE answers keep the stream: their messages stay in order.
+        take = write.take_response
+        if answer and take is not None and take(message):
+            return
         try:
             await to_reader.send(message)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -348,6 +360,9 @@ class _InlineWriter(ObjectSendStream[Raw]):
         self._post = post
         self._running: set[anyio.CancelScope] = set()
         self._closed = False
+        # Set by the reader side (`SharedUpstream`): takes a response whose caller waits for
+        # it, and says whether it did; a response it does not take goes to the read stream.
+        self.take_response: Callable[[Raw], bool] | None = None
 
     async def send(self, item: Raw) -> None:
         if self._closed:

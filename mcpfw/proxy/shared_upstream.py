@@ -183,6 +183,8 @@ class SharedUpstream:
             else:
                 raise UpstreamUnavailable("the upstream closed during initialize")
         await write.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        if hasattr(write, "take_response"):  # the HTTP client hands JSON answers over directly
+            write.take_response = self._take_response
         self._write = write
         self._ready.set()
         self.first_attempt.set()
@@ -244,7 +246,8 @@ class SharedUpstream:
             # must not hold the call (and its agent) forever.
             with anyio.move_on_after(self.timeout_s if self.timeout_s > 0 else math.inf):
                 await write.send(message)
-                await pending.done.wait()
+                if pending.response is None:  # else handed over during the send
+                    await pending.done.wait()
             if pending.response is None:
                 await self._cancel_upstream(upstream_id, "timed out in mcpfw")
                 return error_message(
@@ -285,13 +288,21 @@ class SharedUpstream:
 
     # --- upstream → agent ------------------------------------------------------------------
 
+    def _take_response(self, raw: Raw) -> bool:
+        """Give a response to the request waiting for it; False if none does."""
+        if "method" in raw:
+            return False
+        pending = self._pending.get(raw.get("id"))  # type: ignore[arg-type]
+        if pending is None:
+            return False
+        pending.response = raw
+        pending.done.set()
+        return True
+
     def _dispatch(self, raw: Raw, tg: anyio.abc.TaskGroup) -> None:
         method = raw.get("method")
         if method is None:
-            pending = self._pending.get(raw.get("id"))  # type: ignore[arg-type]
-            if pending is not None:
-                pending.response = raw
-                pending.done.set()
+            self._take_response(raw)
             return
         if "id" in raw:
             tg.start_soon(self._serve_client_request, raw)
