@@ -71,6 +71,24 @@ async def test_block_mode_hides_a_drifted_tool_and_denies_calls_until_approved(
     assert (await checker.check_call("add")).allowed
 
 
+@pytest.mark.parametrize("mode", [PinMode.BLOCK, PinMode.WARN])
+async def test_a_tool_added_to_a_pinned_server_is_not_trusted_on_first_use(
+    store: PinStore, mode: PinMode
+) -> None:
+    checker = PinChecker("s", store=store, options=PinOptions(mode=mode))
+    await checker.on_tools_list({"tools": [ECHO]})
+    out = await checker.on_tools_list({"tools": [ECHO, RUGGED]})  # after list_changed, say
+    verdict = await checker.check_call("add")
+    assert "pin-unapproved" in verdict.findings and "appeared after" in verdict.reason
+    if mode is PinMode.BLOCK:
+        assert names(out) == ["echo"] and not verdict.allowed
+    else:
+        assert names(out) == ["echo", "add"] and verdict.allowed
+    await store.approve("s", "add", actor="test")
+    out = await checker.on_tools_list({"tools": [ECHO, RUGGED]})
+    assert names(out) == ["echo", "add"] and (await checker.check_call("add")).allowed
+
+
 async def test_warn_mode_passes_a_drifted_tool_and_flags_calls(store: PinStore) -> None:
     checker = PinChecker("s", store=store, options=PinOptions(mode=PinMode.WARN))
     await checker.on_tools_list({"tools": [ADD]})

@@ -3,7 +3,7 @@
     mcpfw pins list [SERVER] [--drifted]        what is pinned, what drifted, what was found
     mcpfw pins diff SERVER TOOL                 approved vs latest definition, as a unified diff
     mcpfw pins approve SERVER [TOOL]            accept drift (or --file: pre-approve definitions)
-    mcpfw pins reset [SERVER [TOOL]] [--all]    forget pins; they are re-pinned on next sight
+    mcpfw pins reset [SERVER [TOOL]] [--all]    forget pins (a server with none left: re-pinned)
     mcpfw pins history [SERVER [TOOL]]          every pin event
     mcpfw pins scan FILE                        scan a tools/list JSON file for poisoning
 
@@ -368,7 +368,8 @@ def reset(
     audit: str | None,
     config: Path | None,
 ) -> None:
-    """Forget pins so the next listing pins them again (trust on first use)."""
+    """Forget pins. A server with no pins left has its next listing pinned again (trust on
+    first use); a single forgotten tool of a server that keeps other pins needs approval."""
     if server is None and not all_:
         raise click.UsageError("name a SERVER (and optionally a TOOL), or pass --all")
     what = (
@@ -377,7 +378,12 @@ def reset(
         else (f"the pin of {tool!r} on {server!r}" if tool else f"every pin of server {server!r}")
     )
     if not yes:
-        click.confirm(f"Forget {what}? It will be trusted again on first use", abort=True)
+        after = (
+            "its next definition will need `mcpfw pins approve`"
+            if tool
+            else "the next listing will be trusted on first use"
+        )
+        click.confirm(f"Forget {what}? {after}", abort=True)
     count = _run(audit, config, lambda store: store.reset(server, tool, actor=_actor()))
     click.echo(f"forgot {count} pin(s)")
 

@@ -46,7 +46,10 @@ _UNLISTED_MAX = 1024  # names remembered as not listed upstream (a flood evicts 
 
 _REASONS = {
     PinStatus.DRIFTED: "its definition changed since it was approved (possible rug pull)",
-    PinStatus.UNAPPROVED: "its definition has not been approved",
+    PinStatus.UNAPPROVED: (
+        "its definition has not been approved (it appeared after the server's tools were first "
+        "pinned, or trust on first use is off)"
+    ),
     PinStatus.DUPLICATE: "the server lists it twice with different definitions",
 }
 
@@ -57,7 +60,8 @@ class PinOptions:
 
     mode: PinMode = PinMode.WARN
     sanitize: bool = True  # strip ANSI/control/invisible characters from descriptions
-    trust_on_first_use: bool = True  # pin unseen tools; False: they need `mcpfw pins approve`
+    # pin the tools of a server's first listing; False: every tool needs `mcpfw pins approve`
+    trust_on_first_use: bool = True
     refresh_timeout_s: float = 10.0  # bound on re-listing the upstream's tools ourselves
     store_timeout_s: float = 5.0  # bound on the pin store (a locked database): then unverified
     unlisted_ttl_s: float = 5.0  # how long "not listed upstream" spares a call the re-list

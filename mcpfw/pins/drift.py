@@ -44,10 +44,11 @@ class PinMode(enum.StrEnum):
 class PinStatus(enum.StrEnum):
     """How one listed tool compares with its pin."""
 
-    NEW = "new"  # never seen before: pinned now (trust on first use)
+    NEW = "new"  # in the server's first listing: pinned now (trust on first use)
     PINNED = "pinned"  # identical to the approved definition
     DRIFTED = "drifted"  # differs from the approved definition
-    UNAPPROVED = "unapproved"  # never approved and trust on first use is off
+    # never approved: added after the server's first listing, or trust on first use is off
+    UNAPPROVED = "unapproved"
     DUPLICATE = "duplicate"  # the same name listed twice with different definitions
 
 
@@ -99,7 +100,13 @@ class ToolCheck:
 def compare(
     pins: Mapping[str, Pin], tools: Sequence[Mapping[str, Any]], *, trust_on_first_use: bool = True
 ) -> list[ToolCheck]:
-    """Compare one listing with the pins of its server, one `ToolCheck` per distinct name."""
+    """Compare one listing with the pins of its server, one `ToolCheck` per distinct name.
+
+    Trust on first use trusts a server's first listing only (no pins for it yet). A tool that
+    appears later is UNAPPROVED until a human approves it: a rug pull can add a tool as well
+    as change one.
+    """
+    first_listing = not pins
     by_name: dict[str, list[Mapping[str, Any]]] = {}
     for tool in tools:
         name = tool.get("name") if isinstance(tool, Mapping) else None
@@ -116,7 +123,7 @@ def compare(
         if len(digests) > 1:
             status = PinStatus.DUPLICATE
         elif pin is None:
-            status = PinStatus.NEW if trust_on_first_use else PinStatus.UNAPPROVED
+            status = PinStatus.NEW if trust_on_first_use and first_listing else PinStatus.UNAPPROVED
         elif not pin.digest:
             status = PinStatus.UNAPPROVED
         elif pin.digest == digest:
