@@ -328,18 +328,27 @@ def measure(kind: str, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )
             for i in range(opts.agents)
         ]
+        up_at_start: list[float] = []
         direct = drive(
             run_load(f"http://127.0.0.1:{up_port}/mcp", opts.agents, opts.seconds,
-                     session=kind == "sdk", tokens=None)
+                     session=kind == "sdk", tokens=None,
+                     on_start=lambda: up_at_start.append(cpu_seconds(upstream.pid)))
         )  # fmt: skip
+        up_direct = cpu_seconds(upstream.pid) - up_at_start[0]
         cpu_at_start: list[float] = []
+
+        def through_started() -> None:
+            cpu_at_start.append(cpu_seconds(firewall.pid))
+            up_at_start.append(cpu_seconds(upstream.pid))
+
         through = drive(
             run_load(
                 base + "/mcp/bench", opts.agents, opts.seconds, session=True, tokens=tokens,
-                on_start=lambda: cpu_at_start.append(cpu_seconds(firewall.pid)),
+                on_start=through_started,
             )
         )  # fmt: skip
         fw_cpu = cpu_seconds(firewall.pid) - cpu_at_start[0]  # the measured calls only
+        up_through = cpu_seconds(upstream.pid) - up_at_start[1]
         # One agent at a time: what the firewall adds to a call when nothing queues.
         direct_one = drive(
             run_load(f"http://127.0.0.1:{up_port}/mcp", 1, opts.seconds / 2,
@@ -359,6 +368,7 @@ def measure(kind: str, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "direct": direct,
         "through": through,
         "fw_cpu": fw_cpu,
+        "up_cpu": (up_direct, up_through),
         "direct_one": direct_one,
         "through_one": through_one,
     }
@@ -388,32 +398,33 @@ def main() -> int:
     )
     print(
         "| upstream | path | calls/s | median ms | p99 ms | mcpfw CPU/call ms "
-        "| load generator CPU/call ms |"
+        "| upstream CPU/call ms | load generator CPU/call ms |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for kind, r in results.items():
         (dn, dl, dw, dg), (tn, tl, tw, tg) = r["direct"], r["through"]
         d_med, d_p99 = stats(dl)
         t_med, t_p99 = stats(tl)
         r["summary"] = (tn / tw, tn / tw / (dn / dw), t_med - d_med)
+        up_d, up_t = (c * 1000 / n for c, n in zip(r["up_cpu"], (dn, tn), strict=True))
         print(
             f"| {names[kind]} | direct | {dn / dw:,.0f} | {d_med:.2f} | {d_p99:.2f} | "
-            f"| {dg * 1000 / dn:.3f} |"
+            f"| {up_d:.3f} | {dg * 1000 / dn:.3f} |"
         )
         cpu = r["fw_cpu"] * 1000 / tn
         print(
             f"| {names[kind]} | through mcpfw | {tn / tw:,.0f} | {t_med:.2f} | {t_p99:.2f} "
-            f"| {cpu:.2f} | {tg * 1000 / tn:.3f} |"
+            f"| {cpu:.2f} | {up_t:.3f} | {tg * 1000 / tn:.3f} |"
         )
     for kind, r in results.items():
         (dn, dl, dw, _), (tn, tl, tw, _) = r["direct_one"], r["through_one"]
         print(
             f"| {names[kind]} | direct, 1 agent | {dn / dw:,.0f} | {stats(dl)[0]:.2f} "
-            f"| {stats(dl)[1]:.2f} | | |"
+            f"| {stats(dl)[1]:.2f} | | | |"
         )
         print(
             f"| {names[kind]} | through mcpfw, 1 agent | {tn / tw:,.0f} | {stats(tl)[0]:.2f} "
-            f"| {stats(tl)[1]:.2f} | | |"
+            f"| {stats(tl)[1]:.2f} | | | |"
         )
         r["added_one"] = stats(tl)[0] - stats(dl)[0]
     print()
