@@ -54,6 +54,7 @@ async def test_an_http_upstream_gets_its_configured_credentials_and_never_the_ag
     tmp_path: Path,
 ) -> None:
     fixture.SEEN_HEADERS.clear()
+    fixture.SEEN_MESSAGES.clear()  # other tests use the fixture too
     bearer = token("root", ("admin",), marker="agent-secret-marker")
     with anyio.fail_after(WAIT):
         async with http_upstream() as url:
