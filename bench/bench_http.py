@@ -390,8 +390,8 @@ def main() -> int:
     names = {"sdk": "MCP SDK server (MCPServer)", "raw": "minimal raw-JSON server"}
     results = {kind: measure(kind, opts, tmp) for kind in opts.upstreams.split(",")}
     print(f"{opts.agents} concurrent agents (own JWT and session each), {opts.seconds:g} s per")
-    print("path, tools/call over HTTP; mcpfw: audit on SQLite, 100-rule policy, one shared")
-    print("upstream session. Both paths in the same run, same upstream process.")
+    print("path, tools/call over HTTP; mcpfw: audit on SQLite, 100-rule policy, 4 upstream")
+    print("sessions (the default for a URL). Both paths in the same run, same upstream process.")
     load = os.getloadavg()
     print(
         f"Machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} (1/5 min).\n"

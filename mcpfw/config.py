@@ -111,6 +111,12 @@ class UpstreamConfig:
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float = 300.0  # per-call upstream timeout
+    # `mcpfw serve`: upstream sessions (each agent session sticks to one); default 4 for a URL,
+    # 1 for a command (one process)
+    sessions: int = 1
+
+
+MAX_UPSTREAM_SESSIONS = 64
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -400,7 +406,7 @@ def _limits(r: _Reader, value: Any) -> LimitsConfig:
     )
 
 
-_UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "timeout_s"}
+_UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "timeout_s", "sessions"}
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -424,6 +430,9 @@ def _upstreams(r: _Reader, value: Any) -> dict[str, UpstreamConfig]:
                     (*path, "url"), f"upstream url must start with http:// or https://, got {url!r}"
                 )
         cwd = r.optional(body.get("cwd"), (*path, "cwd"), str)
+        sessions = r.positive(body.get("sessions"), (*path, "sessions"), int, 4 if url else 1)
+        if sessions > MAX_UPSTREAM_SESSIONS:
+            r.fail((*path, "sessions"), f"sessions must be at most {MAX_UPSTREAM_SESSIONS}")
         out[name] = UpstreamConfig(
             name=name,
             command=command,
@@ -435,6 +444,7 @@ def _upstreams(r: _Reader, value: Any) -> dict[str, UpstreamConfig]:
             url=url,
             headers=r.string_map(body.get("headers"), (*path, "headers")),
             timeout_s=r.positive(body.get("timeout_s"), (*path, "timeout_s"), float, 300.0),
+            sessions=sessions,
         )
     return out
 

@@ -99,6 +99,26 @@ def test_an_upstream_needs_exactly_one_of_command_or_url(tmp_path: Path) -> None
     assert len(found) == 2 and all("exactly one of 'command'" in e for e in found)
 
 
+def test_upstream_sessions_default_by_transport_and_are_bounded(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "upstreams:\n  a: {command: x}\n  b: {url: 'http://h'}\n"
+            "  c: {url: 'http://h', sessions: 8}\n",
+        )
+    )
+    assert [config.upstreams[n].sessions for n in "abc"] == [1, 4, 8]
+    found = errors(
+        tmp_path,
+        "upstreams:\n  a: {url: 'http://h', sessions: 0}\n  b: {url: 'http://h', sessions: 65}\n"
+        "  c: {url: 'http://h', sessions: many}\n",
+    )
+    assert len(found) == 3
+    assert ":2:" in found[0] and "greater than 0" in found[0]
+    assert ":3:" in found[1] and "at most 64" in found[1]
+    assert ":4:" in found[2] and "must be int" in found[2]
+
+
 def test_a_jwt_section_without_audience_or_with_alg_none_is_refused(tmp_path: Path) -> None:
     found = errors(tmp_path, "server:\n  auth:\n    jwt: {secret: x, algorithms: [none]}\n")
     assert any("needs 'audience'" in e for e in found)

@@ -350,7 +350,7 @@ class McpRoute:
         if method == "notifications/cancelled":
             scope = session.inflight.get(_id_key(params.get("requestId")))
             if scope is not None:
-                scope.cancel()  # the upstream is told by SharedUpstream.request
+                scope.cancel()  # the upstream is told by UpstreamSession.request
             return
         if method in ("notifications/initialized", "notifications/roots/list_changed"):
             return
@@ -358,7 +358,7 @@ class McpRoute:
             log.warning("session %s: dropped a tools/call sent as a notification", session.id[:8])
             return
         if self.server:  # anything else goes to the one upstream of a per-server endpoint
-            await self.fw.upstreams[self.server].notify(str(method), params or None)
+            await self.fw.upstreams[self.server].notify(str(method), params or None, session)
 
 
 def _valid_id(request_id: Any) -> bool:

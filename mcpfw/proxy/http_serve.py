@@ -95,7 +95,9 @@ async def open_http_firewall(
                 open_store(url, instance=instance, redaction=redaction)
             )
         upstreams = {
-            name: SharedUpstream(name, connector_for(conf), timeout_s=conf.timeout_s)
+            name: SharedUpstream(
+                name, connector_for(conf), timeout_s=conf.timeout_s, sessions=conf.sessions
+            )
             for name, conf in config.upstreams.items()
         }
         pins = pin_checkers(config, store, upstreams)

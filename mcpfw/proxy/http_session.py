@@ -68,7 +68,7 @@ class AgentSession:
                 "session %s: dropped %s (GET stream full or closed)", self.id, message.get("method")
             )
 
-    # Subscriber protocol for SharedUpstream broadcasts.
+    # Subscriber protocol for SharedUpstream broadcasts (`route_key` picks its upstream session).
     def broadcast(self, server: str, message: Raw) -> None:
         if self.endpoint and self.endpoint != server:
             return

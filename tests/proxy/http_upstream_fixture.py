@@ -40,6 +40,8 @@ TOOLS = [
 
 SEEN_MESSAGES: list[Raw] = []
 SEEN_HEADERS: list[dict[str, str]] = []
+# HTTP: (the Mcp-Session-Id a message came with, or the one its initialize was given; message)
+SEEN_SESSIONS: list[tuple[str, Raw]] = []
 
 
 def text_result(value: Any) -> Raw:
@@ -148,8 +150,10 @@ async def serve_stdio() -> None:
 
 
 def app() -> Any:
-    """An ASGI streamable-HTTP upstream: JSON responses, a session id, headers recorded."""
+    """An ASGI streamable-HTTP upstream: JSON responses, a session id per `initialize`
+    (`up-1`, `up-2`, …), headers recorded."""
     server = Server(send=None)
+    sessions = iter(range(1, 1_000_000))
 
     async def asgi(scope: Raw, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -168,13 +172,22 @@ def app() -> Any:
             body += event.get("body", b"")
             if not event.get("more_body"):
                 break
+        session = headers.get("mcp-session-id", "")
         if scope["method"] != "POST":
             status, out = 405, b""
         else:
-            response = await server.handle(json.loads(body)) if body else None
+            message = json.loads(body) if body else None
+            if isinstance(message, dict):
+                if message.get("method") == "initialize":
+                    session = f"up-{next(sessions)}"
+                SEEN_SESSIONS.append((session, message))
+            response = await server.handle(message) if message is not None else None
             status = 200 if response is not None else 202
             out = json.dumps(response).encode() if response is not None else b""
-        out_headers = [(b"content-type", b"application/json"), (b"mcp-session-id", b"up-1")]
+        out_headers = [
+            (b"content-type", b"application/json"),
+            (b"mcp-session-id", session.encode()),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": out})
 

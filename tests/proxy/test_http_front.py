@@ -317,7 +317,7 @@ async def test_a_cancelled_call_cancels_the_upstream_request(tmp_path: Path) -> 
         async with serving(write_config(tmp_path)) as served, httpx.AsyncClient() as http:
             rpc = Rpc(http, served.mcp("fs"), token("ci-bot"))
             await rpc.initialize()
-            upstream = served.firewall.upstreams["fs"]
+            upstream = served.firewall.upstreams["fs"].members[0]  # a command: one session
             responses: list[dict[str, Any]] = []
 
             async def slow_call() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,37 @@ async def test_an_http_upstream_gets_its_configured_credentials_and_never_the_ag
     assert bearer not in seen and "agent-secret-marker" not in seen
     assert all("authorization" not in h for h in fixture.SEEN_HEADERS)
     initializes = [m for m in fixture.SEEN_MESSAGES if m.get("method") == "initialize"]
-    assert len(initializes) == 1  # one upstream session for every agent and era
+    assert len(initializes) == 4  # the default upstream sessions of a URL, not one per request
+
+
+async def test_agent_sessions_are_dealt_over_the_upstream_sessions_and_stick_to_theirs(
+    tmp_path: Path,
+) -> None:
+    fixture.SEEN_SESSIONS.clear()
+    with anyio.fail_after(WAIT):
+        async with http_upstream() as url:
+            config = write_config(
+                tmp_path, upstreams={"api": json.dumps({"url": url, "sessions": 3})}
+            )
+            async with serving(config) as served, AsyncExitStack() as stack:
+                clients = [
+                    await stack.enter_async_context(
+                        sdk_client(served.mcp("api"), token(f"ci-{i}", ("ci",)), mode="legacy")
+                    )
+                    for i in range(6)
+                ]
+                for turn in range(2):
+                    for i, client in enumerate(clients):
+                        result = await client.call_tool("echo", {"agent": i, "turn": turn})
+                        assert not result.is_error, tool_text(result)
+    initializes = [sid for sid, m in fixture.SEEN_SESSIONS if m.get("method") == "initialize"]
+    assert sorted(initializes) == ["up-1", "up-2", "up-3"]
+    used: dict[int, set[str]] = {}
+    for sid, message in fixture.SEEN_SESSIONS:
+        if message.get("method") == "tools/call":
+            used.setdefault(message["params"]["arguments"]["agent"], set()).add(sid)
+    assert len(used) == 6 and all(len(sids) == 1 for sids in used.values())  # sticky
+    assert sorted(Counter(min(sids) for sids in used.values()).values()) == [2, 2, 2]  # dealt
 
 
 async def test_an_sdk_upstream_answering_with_sse_streams_works_through_the_firewall(
