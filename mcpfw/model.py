@@ -52,15 +52,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # base32, lower case
+_PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)  # 10 bits -> 2 characters
+
+
 def new_id() -> str:
     """A 26-char id that sorts by creation time (48-bit ms timestamp + 80 random bits)."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-    out = []
-    for _ in range(26):
-        value, rem = divmod(value, 32)
-        out.append(alphabet[rem])
-    return "".join(reversed(out))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
