@@ -149,13 +149,20 @@ def session_start_row(
 
 
 def decision_row(redactor: Redactor, call: ToolCall, decision: Decision) -> dict[str, Any]:
-    """A decision event row: the call (arguments redacted, digest of the original) and verdict."""
+    """A decision event row: the call (arguments redacted) and verdict.
+
+    `args_digest` covers the original arguments when nothing in them was masked, so whoever
+    holds them can prove what was sent. When something was masked it covers the stored,
+    redacted arguments instead (`args_digest_of: "redacted"`): a plain digest of the originals
+    would let a reader of the log confirm a guessed secret (a PIN, a short password) offline.
+    """
     args = redactor.redact(dict(call.arguments))
     claims = redactor.redact(dict(call.agent.claims), use_pointers=False)
     rstr = redactor.redact_str
     data = {
         "arguments": args.value,
-        "args_digest": digest(call.arguments),
+        "args_digest": digest(args.value if args.masked else call.arguments),
+        "args_digest_of": "redacted" if args.masked else "original",
         "redacted": _masked(args.masked, "/arguments") + _masked(claims.masked, "/claims"),
         "roles": list(call.agent.roles),
         "claims": claims.value,

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from mcpfw.audit import AuditError, RedactionConfig, Redactor, open_store
+from mcpfw.audit.events import digest
 from mcpfw.audit.redaction import is_secret_key, redact_text
 from mcpfw.model import Agent, Outcome
 from tests.audit.conftest import make_call, make_decision
@@ -122,6 +123,25 @@ async def test_no_secret_of_a_seeded_corpus_reaches_the_database(tmp_path: Path)
     leaked = [s for s in secrets if s.encode() in raw]
     assert leaked == []
     assert len(secrets) == 12 * (len(secret_corpus(random.Random(0))) + 1)
+
+
+@pytest.mark.anyio
+async def test_the_arguments_digest_never_lets_a_reader_confirm_a_guessed_secret() -> None:
+    async with open_store(":memory:", instance="fw") as store:
+        for pin in ("1234", "9876"):
+            await store.record_decision(
+                make_call(arguments={"path": "/w/a", "password": pin}), make_decision()
+            )
+        await store.record_decision(make_call(arguments={"path": "/w/a"}), make_decision())
+        events = sorted(await store.list_events(), key=lambda e: e.seq)
+    first, second, plain = (e.data for e in events)
+    assert first["args_digest_of"] == second["args_digest_of"] == "redacted"
+    assert first["args_digest"] == second["args_digest"]  # the secret does not show through
+    assert first["args_digest"] == digest(first["arguments"])
+    for guess in ("1234", "9876"):
+        assert digest({"path": "/w/a", "password": guess}) != first["args_digest"]
+    assert plain["args_digest_of"] == "original"
+    assert plain["args_digest"] == digest({"path": "/w/a"})  # provable when nothing was masked
 
 
 def test_each_detector_masks_its_secret_and_reports_its_kind() -> None:
