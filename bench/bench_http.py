@@ -307,7 +307,8 @@ def measure(kind: str, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     config.write_text(
         "rules: rules.yaml\n"
         f"audit: {{url: {tmp / f'audit-{kind}.db'}}}\n"
-        f"upstreams:\n  bench: {{url: 'http://127.0.0.1:{up_port}/mcp'}}\n"
+        f"upstreams:\n  bench: {{url: 'http://127.0.0.1:{up_port}/mcp', "
+        f"sessions: {opts.sessions}}}\n"
         "server:\n  auth:\n"
         f"    jwt: {{secret: {SECRET}, issuer: '{ISSUER}', audience: {AUDIENCE}}}\n"
     )
@@ -379,6 +380,7 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--upstreams", default="sdk,raw", help="sdk (MCP SDK server), raw, or both")
+    parser.add_argument("--sessions", type=int, default=4, help="upstream sessions (default 4)")
     parser.add_argument("--role", default="bench")
     parser.add_argument("--port", type=int, default=0)
     opts = parser.parse_args()
@@ -390,8 +392,8 @@ def main() -> int:
     names = {"sdk": "MCP SDK server (MCPServer)", "raw": "minimal raw-JSON server"}
     results = {kind: measure(kind, opts, tmp) for kind in opts.upstreams.split(",")}
     print(f"{opts.agents} concurrent agents (own JWT and session each), {opts.seconds:g} s per")
-    print("path, tools/call over HTTP; mcpfw: audit on SQLite, 100-rule policy, 4 upstream")
-    print("sessions (the default for a URL). Both paths in the same run, same upstream process.")
+    print("path, tools/call over HTTP; mcpfw: audit on SQLite, 100-rule policy,")
+    print(f"{opts.sessions} upstream sessions. Both paths in the same run, same upstream process.")
     load = os.getloadavg()
     print(
         f"Machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} (1/5 min).\n"
