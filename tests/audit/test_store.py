@@ -74,7 +74,10 @@ async def test_a_decision_is_committed_with_everything_replay_needs(audit_url: s
     assert event_.data["eval_us"] == 12.5
     assert event_.data["errors"] == [{"rule": "broken", "message": "no such key"}]
     assert event_.data["arguments"]["api_key"] == "[REDACTED:secret-key]"
-    assert event_.data["args_digest"] == digest(dict(call.arguments))
+    # something was masked: the digest covers what is stored, never the secret
+    assert event_.data["args_digest_of"] == "redacted"
+    assert event_.data["args_digest"] == digest(event_.data["arguments"])
+    assert event_.data["args_digest"] != digest(dict(call.arguments))
     assert event_.data["redacted"] == [{"path": "/arguments/api_key", "kind": "secret-key"}]
     (recorded,) = calls
     assert recorded.call.agent.roles == ("dev", "ci")
