@@ -3,12 +3,15 @@
 `stdio_front()` serves the agent on the process's stdin/stdout. While it runs, fd 0 reads
 /dev/null and fd 1 points at stderr, so nothing in this process (a stray print, a library's
 warning) can corrupt the protocol stream; the wire lives on private duplicates. Reads and writes
-on pipes and sockets are non-blocking through the event loop; other file types (a regular file
-redirected to stdin) fall back to a worker thread.
+on pipes and sockets are non-blocking through the event loop (reads from a readiness callback
+registered once, not per message); other file types (a regular file redirected to stdin) fall
+back to a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -105,24 +108,87 @@ def _pollable(fd: int) -> bool:
 async def read_fd(fd: int, send: ObjectSendStream[Message | InvalidMessage]) -> None:
     """Read messages from `fd` into `send` until EOF (the caller closes `send`)."""
     splitter = LineSplitter()
-    pollable = _pollable(fd)
-    if pollable:
-        os.set_blocking(fd, False)
+    if _pollable(fd):
+        await _read_pollable(fd, send, splitter)
+        return
     while True:
-        if pollable:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                await anyio.wait_readable(fd)
-                continue
-        else:
-            data = await anyio.to_thread.run_sync(os.read, fd, 65536, abandon_on_cancel=True)
+        data = await anyio.to_thread.run_sync(os.read, fd, 65536, abandon_on_cancel=True)
         if not data:
-            for message in splitter.tail():
-                await send.send(message)
-            return
+            break
         for message in splitter.feed(data):
             await send.send(message)
+    for message in splitter.tail():
+        await send.send(message)
+
+
+class _Readable:
+    """Reads a non-blocking fd from the event loop's own readiness callback (registered once,
+    not per message): the data waits here until the reading task takes it. Bounded: past
+    `_READ_AHEAD` unread chunks the callback is removed until the task has caught up."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.loop = asyncio.get_running_loop()
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.ready = asyncio.Event()
+        self.eof = False
+        self.error: OSError | None = None
+        self.watching = False
+
+    def watch(self) -> None:
+        if not self.watching and not self.eof and self.error is None:
+            self.loop.add_reader(self.fd, self._on_readable)
+            self.watching = True
+
+    def unwatch(self) -> None:
+        if self.watching:
+            self.loop.remove_reader(self.fd)
+            self.watching = False
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.error = exc
+            self.unwatch()
+        else:
+            if data:
+                self.chunks.append(data)
+                if len(self.chunks) >= _READ_AHEAD:
+                    self.unwatch()
+            else:
+                self.eof = True
+                self.unwatch()
+        self.ready.set()
+
+
+_READ_AHEAD = 16  # chunks of up to 64 KiB read before the reading task takes them
+
+
+async def _read_pollable(
+    fd: int, send: ObjectSendStream[Message | InvalidMessage], splitter: LineSplitter
+) -> None:
+    os.set_blocking(fd, False)
+    source = _Readable(fd)
+    source.watch()
+    try:
+        while True:
+            await source.ready.wait()
+            source.ready.clear()
+            while source.chunks:
+                for message in splitter.feed(source.chunks.popleft()):
+                    await send.send(message)
+            if source.error is not None:
+                raise source.error
+            if source.eof:
+                break
+            source.watch()  # after a pause for read-ahead; a no-op otherwise
+    finally:
+        source.unwatch()
+    for message in splitter.tail():
+        await send.send(message)
 
 
 async def write_fd(fd: int, receive: ObjectReceiveStream[Message]) -> None:

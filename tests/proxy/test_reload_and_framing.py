@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 
-from mcpfw.proxy.messages import InvalidMessage
+from mcpfw.proxy import stdio
+from mcpfw.proxy.messages import InvalidMessage, Message
 from mcpfw.proxy.reload import RuleHolder
-from mcpfw.proxy.stdio import LineSplitter
+from mcpfw.proxy.stdio import LineSplitter, read_fd
 
 pytestmark = pytest.mark.anyio
 
@@ -78,3 +83,48 @@ def test_an_oversized_line_is_refused_and_the_next_one_still_parses() -> None:
     got = splitter.feed(b'{"a":"' + b"x" * 50)
     assert len(got) == 1 and isinstance(got[0], InvalidMessage) and "longer than" in got[0].error
     assert splitter.feed(b'xxx"}\n{"b":1}\n') == [{"b": 1}]
+
+
+async def test_a_pipe_read_faster_than_it_is_consumed_loses_and_reorders_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 4 000 messages (~1.3 MB) written at once into a pipe whose reader takes one at a time:
+    # with a read-ahead of 2 chunks the readiness callback is paused and resumed many times.
+    monkeypatch.setattr(stdio, "_READ_AHEAD", 2)
+    pauses = 0
+    unwatch = stdio._Readable.unwatch
+
+    def counting(self: Any) -> None:
+        nonlocal pauses
+        pauses += self.watching and not self.eof and self.error is None
+        unwatch(self)
+
+    monkeypatch.setattr(stdio._Readable, "unwatch", counting)
+    read_end, write_end = os.pipe()
+    lines = [json.dumps({"jsonrpc": "2.0", "id": i, "method": "x", "params": {"p": "a" * 300}})
+             for i in range(4000)]  # fmt: skip
+    payload = ("\n".join(lines) + "\n").encode()
+    send, receive = anyio.create_memory_object_stream[Message | InvalidMessage](1)
+    got: list[Any] = []
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as out:
+            out.write(payload)
+
+    async def consume() -> None:
+        async with receive:
+            async for message in receive:
+                assert not isinstance(message, InvalidMessage)
+                got.append(message["id"])
+                if len(got) % 500 == 0:
+                    await anyio.sleep(0.01)  # a slow consumer now and then
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            tg.start_soon(anyio.to_thread.run_sync, feed)
+            async with send:
+                await read_fd(read_end, send)
+    os.close(read_end)
+    assert got == list(range(4000))
+    assert pauses >= 2
