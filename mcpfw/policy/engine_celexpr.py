@@ -10,7 +10,7 @@ from cel_expr_python import cel
 from cel_expr_python.ext import ext_strings
 
 from mcpfw.policy.engine import VARIABLES, CompileError, CompileIssue, EvalError
-from mcpfw.policy.functions import FUNCTIONS, Signature
+from mcpfw.policy.functions import FUNCTIONS, InvalidArgument, Signature
 from mcpfw.policy.hoist import LOOP, PREFIX, Arg, Hoist, Plan, plan
 
 __all__ = ["CelExprEngine"]
@@ -194,6 +194,8 @@ def _apply(sig: Signature, args: list[Any]) -> Any:
             return _Failed(f"UNKNOWN: No matching overloads found : {sig.name}({types})")
     try:
         return sig.impl(*args)
+    except InvalidArgument as exc:
+        return _Failed(f"INVALID_ARGUMENT: {exc}")
     except ValueError as exc:
         return _Failed(f"OUT_OF_RANGE: {exc}")
     except Exception as exc:  # as cel-expr-python does for a callback: an error value

@@ -9,7 +9,9 @@ So the native engine rewrites each `when` expression before compiling it for eva
   activation; inner calls are hoisted first, so `hostKind(urlHost(args.url))` becomes two;
 - a call inside a comprehension whose only comprehension-dependent argument is the loop
   variable itself, `L.exists(p, isSecretPath(p))` with `L` free of comprehension variables,
-  becomes a lookup `__mcpfw_h1[p]` in a map computed from the elements of `L`.
+  becomes a lookup `__mcpfw_h1[p]` in a map computed from the elements of `L`;
+- CEL's built-in `matches` is hoisted the same way, not for the leak but for speed: cel-cpp
+  compiles its pattern on every evaluation, Python's RE2 binding once (`functions.MATCHES`).
 
 A hoisted computation that fails leaves its variable (or map key) unbound, so the expression
 errors exactly where the call would have, and CEL's error absorption (`false && error`,
@@ -25,13 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mcpfw.policy.functions import FUNCTIONS, Signature
+from mcpfw.policy.functions import FUNCTIONS, MATCHES, Signature
 
 __all__ = ["LOOP", "MAX_HOISTS", "PREFIX", "Arg", "Hoist", "Plan", "plan"]
 
 PREFIX = "__mcpfw_h"
 MAX_HOISTS = 64  # variables the native engine declares for hoisted values
-_BY_NAME = {sig.name: sig for sig in FUNCTIONS}
+# CEL's built-in `matches` is hoisted too, for speed (see functions.MATCHES); left in place it
+# is no callback, so it never counts as residual.
+_BY_NAME = {sig.name: sig for sig in (*FUNCTIONS, MATCHES)}
 _MACROS = frozenset({"all", "exists", "exists_one", "filter", "map", "bind"})
 LOOP = "__mcpfw_loop"  # the loop variable in a memoised call's argument (`LOOP.path`)
 _PATH = re.compile(r"(agent|tool|args|session|request|__mcpfw_loop)((?:\.[A-Za-z_]\w*)+)")
@@ -134,7 +138,8 @@ class _Planner:
                 found = self.call(node, _BY_NAME[name], [kids[0], *args] if member else args, bound)
                 if found is not None:
                     return [found]
-                self.residual += 1
+                if name != MATCHES.name:
+                    self.residual += 1
         out: _Repl = []
         for child in node.children:
             out += self.visit(child, bound)

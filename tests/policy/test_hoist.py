@@ -15,6 +15,7 @@ from mcpfw.model import Agent, ToolCall
 from mcpfw.policy import evaluate, load_ruleset
 from mcpfw.policy.engine import CompileError, EvalError, get_engine
 from mcpfw.policy.engine_celexpr import CelExprEngine
+from mcpfw.policy.functions import regex_matches
 from mcpfw.policy.hoist import plan
 from mcpfw.policy.limits import ArgLimits, LimitExceeded, bound_json
 
@@ -135,6 +136,19 @@ SAME = [
     # root-scoped names and calls
     'cleanPath(.args.paths[0]) == "/w/a.txt" && .cleanPath(args.url) == "http:/[oops"',
     ".args.paths.exists(p, isSecretPath(p)) && .args.n == 7",
+    # CEL's own `matches`, computed in Python when hoisted
+    'args.url.matches("^http")',
+    'matches(args.url, "(?i)OOPS")',
+    'args.n.matches("7")',
+    'args.n.matches("7") || true',
+    'args.cmd.matches("[")',
+    'args.cmd.matches("[") || true',
+    "args.cmd.matches(args.flag)",
+    'args.paths.exists(p, p.matches("(?i)\\\\.ENV$"))',
+    'args.paths.all(p, p.matches("w"))',
+    'args.objs.exists(o, o.path.matches("env"))',
+    'args.missing.matches("x")',
+    'cleanPath(args.paths[0]).matches("^/w/") && !urlDecode(args.paths[1]).matches("\\\\.\\\\.")',
 ]
 
 
@@ -233,6 +247,36 @@ def test_every_shipped_rule_decides_the_same_hoisted_or_not(args: dict[str, Any]
             except EvalError:
                 outcomes.append("error")
         assert outcomes[0] == outcomes[1] == outcomes[2], rule
+
+
+_TEXTS = st.text(alphabet=st.sampled_from("aAbB.-_/é\nZz09 \t"), max_size=12)
+_PATTERNS = [
+    "^a", "b$", "(?i)AB", "a.b", "\\.", "[a-c]+z", "é", "^$", "(a|b)*Z", "\\d\\s", "(?s)a.b",
+    "(?m)^b", "[[:alpha:]]{2}", "\\bAB\\b", "x*", "\\pL+",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXTS, st.sampled_from(_PATTERNS))
+def test_matches_computed_in_python_agrees_with_cel_cpp(text: str, pattern: str) -> None:
+    plain = CelExprEngine(hoist=False)
+    program = plain.compile("args.s.matches(args.p)")
+    native = program.run(plain.activation({"args": {"s": text, "p": pattern}}))
+    assert regex_matches(text, pattern) is native
+
+
+def test_matches_is_hoisted_and_never_counted_as_a_callback() -> None:
+    found = plan('args.path.matches("(?i)\\\\.env$") && args.paths.exists(p, p.matches("x"))')
+    assert found is not None and found.residual == 0
+    assert [h.sig.name for h in found.hoists if h.sig] == ["matches", "matches"]
+    kept = plan("args.objs.exists(o, o.a.matches(o.b))")  # two loop-dependent arguments
+    assert kept is not None and kept.hoists == () and kept.residual == 0
+
+
+def test_a_bad_pattern_fails_as_cel_says_it() -> None:
+    cel = get_engine("cel-expr")
+    with pytest.raises(EvalError, match="INVALID_ARGUMENT: invalid regular expression"):
+        cel.compile('args.s.matches("[")').run(cel.activation({"args": {"s": "x"}}))
 
 
 def test_a_failed_call_in_a_comprehension_reports_the_same_error_as_a_callback() -> None:
