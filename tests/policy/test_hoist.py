@@ -136,18 +136,19 @@ SAME = [
     # root-scoped names and calls
     'cleanPath(.args.paths[0]) == "/w/a.txt" && .cleanPath(args.url) == "http:/[oops"',
     ".args.paths.exists(p, isSecretPath(p)) && .args.n == 7",
-    # CEL's own `matches`, computed in Python when hoisted
-    'args.url.matches("^http")',
-    'matches(args.url, "(?i)OOPS")',
-    'args.n.matches("7")',
-    'args.n.matches("7") || true',
-    'args.cmd.matches("[")',
-    'args.cmd.matches("[") || true',
-    "args.cmd.matches(args.flag)",
-    'args.paths.exists(p, p.matches("(?i)\\\\.ENV$"))',
-    'args.paths.all(p, p.matches("w"))',
-    'args.objs.exists(o, o.path.matches("env"))',
-    'args.missing.matches("x")',
+    # CEL's own `matches`, computed in Python when hoisted (in an expression that is planned
+    # anyway: one with a custom call)
+    'asBool(true) && args.url.matches("^http")',
+    'asBool(true) && matches(args.url, "(?i)OOPS")',
+    'asBool(true) && args.n.matches("7")',
+    'args.n.matches("7") || asBool(true)',
+    'asBool(true) && args.cmd.matches("[")',
+    'args.cmd.matches("[") || asBool(true)',
+    "asBool(true) && args.cmd.matches(args.flag)",
+    'asBool(true) && args.paths.exists(p, p.matches("(?i)\\\\.ENV$"))',
+    'asBool(true) && args.paths.all(p, p.matches("w"))',
+    'asBool(true) && args.objs.exists(o, o.path.matches("env"))',
+    'asBool(true) && args.missing.matches("x")',
     'cleanPath(args.paths[0]).matches("^/w/") && !urlDecode(args.paths[1]).matches("\\\\.\\\\.")',
 ]
 
@@ -265,18 +266,24 @@ def test_matches_computed_in_python_agrees_with_cel_cpp(text: str, pattern: str)
     assert regex_matches(text, pattern) is native
 
 
-def test_matches_is_hoisted_and_never_counted_as_a_callback() -> None:
-    found = plan('args.path.matches("(?i)\\\\.env$") && args.paths.exists(p, p.matches("x"))')
+def test_matches_is_hoisted_with_custom_calls_and_never_counted_as_a_callback() -> None:
+    text = 'isSecretPath(args.path) || args.paths.exists(p, p.matches("x"))'
+    found = plan(text + ' || args.path.matches("(?i)\\\\.env$")')
     assert found is not None and found.residual == 0
-    assert [h.sig.name for h in found.hoists if h.sig] == ["matches", "matches"]
-    kept = plan("args.objs.exists(o, o.a.matches(o.b))")  # two loop-dependent arguments
-    assert kept is not None and kept.hoists == () and kept.residual == 0
+    names = sorted(h.sig.name for h in found.hoists if h.sig)
+    assert names == ["isSecretPath", "matches", "matches"]
+    kept = plan("asBool(true) && args.objs.exists(o, o.a.matches(o.b))")  # two loop arguments
+    assert kept is not None and kept.residual == 0
+    assert [h.sig.name for h in kept.hoists if h.sig] == ["asBool"]
+    # alone, `matches` is left to cel-cpp: loading cel-python's parser costs more at start
+    assert plan('args.path.matches("(?i)\\\\.env$")') is None
 
 
 def test_a_bad_pattern_fails_as_cel_says_it() -> None:
     cel = get_engine("cel-expr")
     with pytest.raises(EvalError, match="INVALID_ARGUMENT: invalid regular expression"):
-        cel.compile('args.s.matches("[")').run(cel.activation({"args": {"s": "x"}}))
+        program = cel.compile('asBool(true) && args.s.matches("[")')
+        program.run(cel.activation({"args": {"s": "x"}}))
 
 
 def test_a_failed_call_in_a_comprehension_reports_the_same_error_as_a_callback() -> None:
