@@ -94,9 +94,11 @@ def run(**opts: Any) -> None:
         raise
     import anyio
 
+    from mcpfw.cli.loop import has_uvloop
     from mcpfw.proxy.runner import run_stdio
 
-    sys.exit(anyio.run(run_stdio, replace(options, process=process, start_error=start_error)))
+    run_options = replace(options, process=process, start_error=start_error)
+    sys.exit(anyio.run(run_stdio, run_options, backend_options={"use_uvloop": has_uvloop()}))
 
 
 def _stop_early(process: Any) -> None:

@@ -83,9 +83,10 @@ def serve(
             )
 
     from mcpfw.audit import AuditError
+    from mcpfw.cli.loop import has_uvloop
 
     try:
-        anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
+        anyio.run(main, backend_options={"use_uvloop": has_uvloop()})
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
@@ -94,13 +95,6 @@ def serve(
             raise
         click.echo(f"mcpfw serve: {known}", err=True)
         sys.exit(1)
-
-
-def _has_uvloop() -> bool:
-    """uvloop (optional, installed with mcpfw) roughly halves the event loop's cost per call."""
-    import importlib.util
-
-    return importlib.util.find_spec("uvloop") is not None
 
 
 def _known_error(exc: BaseException, kinds: tuple[type[Exception], ...]) -> Exception | None:
