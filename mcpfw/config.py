@@ -10,6 +10,7 @@
     hide_denied: false
     ask: {timeout_s: 120}
     pins: warn                         # off | warn | block
+    pins_trust_on_first_use: true      # false: every tool needs `mcpfw pins approve`
     sanitize_descriptions: true
     record: false
     upstreams:
@@ -171,6 +172,7 @@ class Config:
     hide_denied: bool = False
     ask_timeout_s: float = 120.0
     pins: str = "warn"  # off | warn | block
+    pins_trust_on_first_use: bool = True  # pin a server's first listing; False: approve each
     sanitize_descriptions: bool = True
     record: bool = False
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
@@ -294,7 +296,7 @@ def _kind(value: Any) -> str:
 
 _TOP = {
     "rules", "engine", "agent", "agents", "audit", "limits", "mode", "hide_denied", "ask",
-    "pins", "sanitize_descriptions", "record", "upstreams", "server",
+    "pins", "pins_trust_on_first_use", "sanitize_descriptions", "record", "upstreams", "server",
 }  # fmt: skip
 
 
@@ -346,6 +348,9 @@ def _build(r: _Reader, top: dict[str, Any], source: Path) -> Config:
         hide_denied=r.typed(top.get("hide_denied"), ("hide_denied",), bool, False),
         ask_timeout_s=r.positive(ask.get("timeout_s"), ("ask", "timeout_s"), float, 120.0),
         pins=r.choice(top.get("pins"), ("pins",), ("off", "warn", "block"), "warn"),
+        pins_trust_on_first_use=r.typed(
+            top.get("pins_trust_on_first_use"), ("pins_trust_on_first_use",), bool, True
+        ),
         sanitize_descriptions=r.typed(
             top.get("sanitize_descriptions"), ("sanitize_descriptions",), bool, True
         ),

@@ -99,6 +99,14 @@ def test_an_upstream_needs_exactly_one_of_command_or_url(tmp_path: Path) -> None
     assert len(found) == 2 and all("exactly one of 'command'" in e for e in found)
 
 
+def test_trust_on_first_use_is_on_unless_turned_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "pins: block\n")).pins_trust_on_first_use is True
+    config = load_config(write(tmp_path, "pins_trust_on_first_use: false\n"))
+    assert config.pins_trust_on_first_use is False
+    (found,) = errors(tmp_path, "pins_trust_on_first_use: sometimes\n")
+    assert ":1:" in found and "must be bool" in found
+
+
 def test_upstream_sessions_default_by_transport_and_are_bounded(tmp_path: Path) -> None:
     config = load_config(
         write(

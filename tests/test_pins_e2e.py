@@ -191,3 +191,26 @@ async def test_a_silent_rug_pull_is_caught_in_the_2026_era_too(tmp_path: Path) -
             denied = await client.call_tool("add", {"a": 1, "b": 2})
             assert denied.is_error and "rule 'pins'" in denied.content[0].text  # type: ignore[union-attr]
             assert denied.result_type == "complete"
+
+
+async def test_without_trust_on_first_use_no_tool_is_offered_until_approved(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mcpfw.yaml"
+    config.write_text("pins: block\npins_trust_on_first_use: false\n")
+    argv = mcpfw_run(tmp_path, "default: allow\nrules: []\n", "--config", str(config),
+                     upstream="rugpull_server.py")  # fmt: skip
+    audit = tmp_path / "audit.db"
+    with anyio.fail_after(LIMIT):
+        async with spawn(*argv) as peer:
+            assert await peer.list_tools() == []  # seen, recorded, not approved: not offered
+            denied = await call(peer, "echo", {"message": "hi"})
+            assert denied["isError"] is True and "rule 'pins'" in text(denied)
+            assert "has not been approved" in text(denied)
+            await approve(audit, "fixture", "echo")
+            assert [t["name"] for t in await peer.list_tools()] == ["echo"]
+            assert text(await call(peer, "echo", {"message": "hi"})) == "hi"
+    async with open_pin_store(str(audit)) as store:
+        pins = {p.tool: p for p in await store.pins("fixture")}
+    assert pins["echo"].status is PinStatus.PINNED and pins["echo"].approved_by.startswith("cli")
+    assert pins["add"].status is PinStatus.UNAPPROVED and pins["add"].approved_by == ""

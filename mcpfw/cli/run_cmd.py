@@ -218,4 +218,5 @@ def resolve(opts: dict[str, Any]) -> Any:
         record=opts["record"] if opts.get("record") is not None else config.records(agent_id),
         pins=opts.get("pins") or config.pins,
         sanitize_descriptions=config.sanitize_descriptions,
+        pins_trust_on_first_use=config.pins_trust_on_first_use,
     )

@@ -77,7 +77,11 @@ def pin_checkers(
     from mcpfw.pins.store import PinStore
 
     engine = getattr(store, "engine", None)
-    options = PinOptions(mode=PinMode(config.pins), sanitize=config.sanitize_descriptions)
+    options = PinOptions(
+        mode=PinMode(config.pins),
+        sanitize=config.sanitize_descriptions,
+        trust_on_first_use=config.pins_trust_on_first_use,
+    )
     checkers: dict[str, PinChecker] = {}
     for name, upstream in upstreams.items():
         checker = PinChecker(

@@ -63,6 +63,7 @@ class RunOptions:
     record: bool = False  # record every message of the session (mcpfw.recording)
     pins: str = "warn"  # off | warn | block (tool-definition pinning, mcpfw.pins)
     sanitize_descriptions: bool = True  # strip hidden characters from tool descriptions
+    pins_trust_on_first_use: bool = True  # pin the upstream's first listing without approval
 
 
 class Later(Generic[T]):
@@ -248,7 +249,11 @@ def _pin_checker(options: RunOptions) -> Any:
     return PinChecker(
         options.settings.server or "upstream",
         store=None,
-        options=PinOptions(mode=PinMode(options.pins), sanitize=options.sanitize_descriptions),
+        options=PinOptions(
+            mode=PinMode(options.pins),
+            sanitize=options.sanitize_descriptions,
+            trust_on_first_use=options.pins_trust_on_first_use,
+        ),
     )
 
 
