@@ -72,28 +72,23 @@ def normalize_audit_url(s: str) -> str:
 
 
 def sqlite_path(url: str) -> str | None:
-    """The file of a normalised SQLite URL; "" for in-memory; None for other databases."""
+    """The file of a normalised SQLite URL; "" for in-memory; None for other databases.
+    Percent-escapes in the path are decoded, as SQLAlchemy does."""
     if not url.startswith(_SQLITE):
         return None
-    rest = url[len(_SQLITE) :]
-    rest = rest.partition("?")[0]
-    if rest in ("", "/", "/:memory:"):
-        return ""
-    return rest[1:] if rest.startswith("/") else rest
+    rest = url[len(_SQLITE) :].partition("?")[0]
+    database = unquote(rest[1:] if rest.startswith("/") else rest)
+    return "" if database == ":memory:" else database
 
 
 def sqlite_file(raw: str) -> tuple[str, dict[str, list[str]]] | None:
     """The file path and query options of a SQLite file URL (or path); None for anything else
-    (PostgreSQL, in-memory SQLite). Percent-escapes in the path are decoded, as SQLAlchemy does.
-    """
+    (PostgreSQL, in-memory SQLite)."""
     url = normalize_audit_url(raw)
-    if not url.startswith(_SQLITE):
+    database = sqlite_path(url)
+    if not database:
         return None
-    rest, _, query = url[len(_SQLITE) :].partition("?")
-    database = unquote(rest[1:]) if rest.startswith("/") else unquote(rest)
-    if database in ("", ":memory:"):
-        return None
-    return database, parse_qs(query, keep_blank_values=True)
+    return database, parse_qs(url.partition("?")[2], keep_blank_values=True)
 
 
 def sync_level(value: object) -> str:
